@@ -1,0 +1,1 @@
+"""Ray Serve deployments: the call ingress and the model services (VAD, ASR, TTS)."""

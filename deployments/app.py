@@ -1,0 +1,26 @@
+"""Builds the Serve application: the ingress bound to its model deployments."""
+
+from __future__ import annotations
+
+from ray.serve import Application
+
+from voxray.cluster.autoscaling import deployment_options
+from voxray.config import VoxrayConfig
+from voxray.deployments.asr import AsrDeployment
+from voxray.deployments.ingress import Ingress
+from voxray.deployments.registry import CallRegistry
+from voxray.deployments.tts import TtsDeployment
+from voxray.deployments.vad import VadDeployment
+
+
+def build_app(config: VoxrayConfig) -> Application:
+    opts = deployment_options(config)
+    vad = VadDeployment.options(**opts["vad"]).bind(config.models.silero_vad)
+    asr = AsrDeployment.options(**opts["asr"]).bind(
+        config.models.asr_provider, config.models.whisper_model, config.models.whisper_threads
+    )
+    tts = TtsDeployment.options(**opts["tts"]).bind(config.models.tts_provider, config.models.piper_voice)
+    registry = CallRegistry.bind()
+    return Ingress.options(**opts["ingress"]).bind(
+        vad, asr, tts, registry, config.media.model_dump()
+    )

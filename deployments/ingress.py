@@ -1,0 +1,110 @@
+"""The Serve ingress: per-call WebSockets and the small HTTP API."""
+
+# No `from __future__ import annotations` here: FastAPI must see real types in
+# the route signatures (string annotations turn `ws: WebSocket` into a query param).
+
+import asyncio
+import uuid
+
+from fastapi import FastAPI, HTTPException, WebSocket
+from ray import serve
+
+from voxray.deployments.registry import CallInfo
+from voxray.deployments.services import ServeModelServices
+from voxray.deployments.ws_call import WsCall, iso
+from voxray.logs import get_logger
+from voxray.protocol.events import Error, dump_event
+from voxray.ua_node.media.session import MediaConfig
+
+log = get_logger("voxray.ingress")
+
+api = FastAPI(title="voxray", description="Voice-agent calls over WebSocket; see PROTOCOL.md.")
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.5},
+    # One open call is one ongoing request for its whole life.
+    max_ongoing_requests=200,
+    graceful_shutdown_timeout_s=60,
+)
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, vad, asr, tts, registry, media: dict | None = None) -> None:
+        self.services = ServeModelServices(vad, asr, tts)
+        self.registry = registry
+        self.media_config = MediaConfig(**(media or {}))
+        self.calls: dict[str, WsCall] = {}
+        ctx = serve.get_replica_context()
+        self.replica = ctx.replica_id.unique_id if ctx else uuid.uuid4().hex
+        self._kill_task: asyncio.Task | None = None
+
+    def _ensure_kill_listener(self) -> None:
+        if self._kill_task is None or self._kill_task.done():
+            self._kill_task = asyncio.get_running_loop().create_task(self._kill_listener())
+
+    async def _kill_listener(self) -> None:
+        while True:
+            try:
+                ids = await self.registry.wait_kills.remote(self.replica, 10.0)
+            except Exception as exc:
+                log.warning("registry unreachable", extra={"error": repr(exc)})
+                await asyncio.sleep(1.0)
+                continue
+            for call_id in ids:
+                call = self.calls.get(call_id)
+                if call is not None:
+                    await call.hangup("killed", "system")
+
+    @api.websocket("/call")
+    async def call(self, ws: WebSocket, id: str | None = None, dump: bool = False) -> None:
+        self._ensure_kill_listener()
+        call_id = id or uuid.uuid4().hex
+        if call_id in self.calls:
+            await ws.accept()
+            await ws.send_text(dump_event(Error(sender="protocol", error=f"call id '{call_id}' is in use", code=409)))
+            await ws.close(1008)
+            return
+        await ws.accept()
+        call = WsCall(ws, call_id, self.services, self.media_config,
+                      on_answer=self._on_answer, on_end=self._on_end)
+        self.calls[call_id] = call
+        try:
+            await call.run()
+        finally:
+            self.calls.pop(call_id, None)
+
+    async def _on_answer(self, call: WsCall) -> None:
+        opt = call.option
+        info = CallInfo(id=call.call_id, replica=self.replica, path="/call", codec=opt.codec,
+                        caller=opt.caller, callee=opt.callee, created_at=iso(call.start_time),
+                        answered_at=iso(call.answer_time))
+        try:
+            await self.registry.register.remote(info)
+        except Exception as exc:  # the call works without the registry; only listing suffers
+            log.warning("register failed", extra={"error": repr(exc)})
+
+    async def _on_end(self, call: WsCall) -> None:
+        try:
+            await self.registry.unregister.remote(call.call_id)
+        except Exception as exc:
+            log.warning("unregister failed", extra={"error": repr(exc)})
+
+    @api.get("/call/lists")
+    async def list_calls(self) -> dict:
+        calls = await self.registry.list.remote()
+        return {"calls": [c.model_dump() for c in calls]}
+
+    @api.post("/call/kill/{call_id}")
+    async def kill(self, call_id: str) -> dict:
+        self._ensure_kill_listener()
+        local = self.calls.get(call_id)
+        if local is not None:
+            await local.hangup("killed", "system")
+            return {"id": call_id, "killed": True}
+        if await self.registry.request_kill.remote(call_id):
+            return {"id": call_id, "killed": True}
+        raise HTTPException(status_code=404, detail=f"no active call '{call_id}'")
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"ok": True, "calls": len(self.calls), "replica": self.replica}

@@ -1,0 +1,60 @@
+"""Typed requests and replies between the ingress and the model deployments."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class VadChunk(BaseModel):
+    """Audio of one stream plus the stream's model state, so any replica can serve it."""
+
+    key: str
+    pcm: bytes  # int16 LE @ 16 kHz, a whole number of 512-sample windows
+    state: bytes | None = None  # float32 [2, 128] recurrent state; None = fresh stream
+    context: bytes | None = None  # float32 [64] last samples of the previous window
+
+
+class VadChunkResult(BaseModel):
+    key: str
+    probs: list[float]
+    state: bytes
+    context: bytes
+
+
+class VadBatch(BaseModel):
+    chunks: list[VadChunk]
+
+
+class VadBatchResult(BaseModel):
+    results: list[VadChunkResult]
+    compute_ms: float = 0.0
+
+
+class AsrRequest(BaseModel):
+    call_id: str
+    pcm: bytes  # int16 LE mono 16 kHz
+    language: str | None = None
+    provider: str | None = None
+
+
+class AsrResult(BaseModel):
+    text: str
+    provider: str
+    language: str | None = None
+    audio_s: float = 0.0
+    compute_s: float = 0.0
+
+
+class TtsRequest(BaseModel):
+    call_id: str
+    text: str
+    sample_rate: int = Field(16000, ge=8000, le=48000)
+    speed: float = 1.0
+    speaker: str | None = None
+    provider: str | None = None
+
+
+class TtsAudio(BaseModel):
+    pcm: bytes  # int16 LE mono at the requested rate
+    sample_rate: int
+    provider: str

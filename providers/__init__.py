@@ -1,0 +1,1 @@
+"""ASR and TTS provider plugins, one interface each (see base.py)."""

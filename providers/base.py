@@ -1,0 +1,55 @@
+"""The provider interfaces. A deployment hosts providers; a call picks one by name.
+
+Providers are plain objects that load in a replica's process. Their blocking work
+runs off the event loop (in a thread) so one replica serves many calls.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+
+import numpy as np
+from pydantic import BaseModel
+
+
+class Transcript(BaseModel):
+    text: str
+    language: str | None = None
+    # seconds of audio and of compute, for metrics
+    audio_s: float = 0.0
+    compute_s: float = 0.0
+
+
+class AsrProvider(ABC):
+    name: str
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load models (blocking); called once when the replica starts."""
+
+    @abstractmethod
+    async def transcribe(self, pcm16k: np.ndarray, language: str | None = None) -> Transcript:
+        """Transcribe one utterance of int16 mono 16 kHz audio."""
+
+
+class TtsChunk(BaseModel):
+    pcm: bytes  # int16 little-endian mono
+    sample_rate: int
+    text: str = ""  # the text this chunk speaks (for subtitles)
+
+
+class TtsProvider(ABC):
+    name: str
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load models (blocking); called once when the replica starts."""
+
+    @abstractmethod
+    def synthesize(self, text: str, speed: float = 1.0, speaker: str | None = None) -> AsyncIterator[TtsChunk]:
+        """Yield audio chunks as they are ready (per sentence for local voices)."""
+
+
+class ProviderError(RuntimeError):
+    """A provider failed; the message is safe to show to the agent."""

@@ -1,0 +1,3 @@
+"""voxray: a voice-agent cluster on Ray."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,98 @@
+"""The `voxray` command: serve, demo, schema."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import tempfile
+import time
+
+
+def _serve(args: argparse.Namespace, then=None) -> None:
+    from voxray.cluster.local import deploy, eprint, shutdown, start_ray
+    from voxray.config import VoxrayConfig
+
+    config = VoxrayConfig.load(args.config)
+    if args.port:
+        config.serve.port = args.port
+    if args.host:
+        config.serve.host = args.host
+    eprint("voxray: loading (first start takes a minute while models load)")
+    start_ray(args.address, num_cpus=args.num_cpus, log=eprint)
+    try:
+        deploy(config, log=eprint)
+        import ray
+
+        dash = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), "dashboard_url") else None
+        dash = dash or os.environ.get("RAY_DASHBOARD_URL") or "http://127.0.0.1:8265"
+        eprint(f"Ray dashboard: {dash if dash.startswith('http') else 'http://' + dash}")
+        if then is not None:
+            then(config)
+            if args.exit:
+                return
+        eprint("voxray: serving; Ctrl-C to stop")
+        stop = False
+
+        def on_signal(*_):
+            nonlocal stop
+            stop = True
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        while not stop:
+            time.sleep(0.5)
+    finally:
+        eprint("voxray: shutting down")
+        shutdown()
+
+
+def _demo(config) -> None:
+    from voxray.agents import demo
+    from voxray.speech import conversation, write_wav
+
+    url = f"ws://{config.serve.host}:{config.serve.port}/call"
+    print("demo: making the caller's voice (Piper, offline)", file=sys.stderr, flush=True)
+    pcm = conversation(["Hello, my name is Alice and I would like a cup of coffee.", "Goodbye."], gap_s=5.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = os.path.join(tmp, "caller.wav")
+        write_wav(wav, pcm)
+        print(f"demo: calling {url} (the demo agent greets, echoes, and hangs up on goodbye)", flush=True)
+        asyncio.run(demo.run(url, caller_wav=wav))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="voxray", description="voice-agent cluster on Ray")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name, help_text in (("serve", "start Ray (embedded unless --address) and serve the app"),
+                            ("demo", "serve, then hold a demo conversation with the demo agent")):
+        sp = sub.add_parser(name, help=help_text)
+        sp.add_argument("--config", help="JSON or TOML config file (also VOXRAY_CONFIG)")
+        sp.add_argument("--address", help="join this Ray cluster instead of starting one (also RAY_ADDRESS)")
+        sp.add_argument("--host", help="bind address for the HTTP/WebSocket ingress")
+        sp.add_argument("--port", type=int, help="port for the HTTP/WebSocket ingress (default 8000)")
+        sp.add_argument("--num-cpus", type=int, help="CPUs for an embedded Ray")
+        sp.add_argument("--exit", action="store_true", help="demo: stop after the conversation")
+    sp = sub.add_parser("schema", help="print the protocol's JSON Schema")
+    sp.add_argument("-o", "--output", help="write to a file instead of stdout")
+    args = p.parse_args(argv)
+
+    if args.cmd == "schema":
+        from voxray.protocol.schema import protocol_schema_json
+
+        text = protocol_schema_json()
+        if args.output:
+            with open(args.output, "w") as f:
+                f.write(text + "\n")
+        else:
+            print(text)
+    elif args.cmd == "serve":
+        _serve(args)
+    elif args.cmd == "demo":
+        _serve(args, then=_demo)
+
+
+if __name__ == "__main__":
+    main()

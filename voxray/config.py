@@ -1,0 +1,64 @@
+"""voxray's configuration: a JSON/TOML file and VOXRAY_* environment overrides."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+
+class ModelsConfig(BaseModel):
+    asr_provider: str = "whisper"
+    tts_provider: str = "piper"
+    whisper_model: str | None = Field(None, description="CTranslate2 Whisper folder; default tiny.en")
+    whisper_threads: int = 2
+    piper_voice: str | None = Field(None, description="Piper .onnx voice; default en_US-joe-medium")
+    silero_vad: str | None = None
+
+
+class MediaSettings(BaseModel):
+    ptime_ms: int = 20
+    vad_chunk_windows: int = Field(2, ge=1, le=16)
+    end_silence_ms: int = Field(480, ge=96, le=5000)
+
+
+class Scaling(BaseModel):
+    """Replica bounds per deployment; autoscaling applies when max > min."""
+
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing_requests: float = 2.0
+
+
+class ServeConfig(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    app_name: str = "voxray"
+    route_prefix: str = "/"
+
+
+class VoxrayConfig(BaseModel):
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    media: MediaSettings = Field(default_factory=MediaSettings)
+    ingress: Scaling = Field(default_factory=lambda: Scaling(target_ongoing_requests=50))
+    vad: Scaling = Field(default_factory=lambda: Scaling(target_ongoing_requests=4))
+    asr: Scaling = Field(default_factory=Scaling)
+    tts: Scaling = Field(default_factory=Scaling)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None) -> "VoxrayConfig":
+        data: dict = {}
+        path = path or os.environ.get("VOXRAY_CONFIG")
+        if path:
+            text = Path(path).read_text()
+            data = tomllib.loads(text) if str(path).endswith(".toml") else json.loads(text)
+        config = cls.model_validate(data)
+        if "VOXRAY_PORT" in os.environ:
+            config.serve.port = int(os.environ["VOXRAY_PORT"])
+        if "VOXRAY_HOST" in os.environ:
+            config.serve.host = os.environ["VOXRAY_HOST"]
+        return config

@@ -1,0 +1,180 @@
+"""Events (server -> agent), tagged by `event`."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, TypeAdapter
+
+from voxray.protocol.base import WireModel
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class EventBase(WireModel):
+    timestamp: int = Field(default_factory=now_ms)
+    track_id: str | None = None
+
+
+class Attendee(WireModel):
+    username: str | None = None
+    realm: str | None = None
+    source: str | None = None
+
+
+class Incoming(EventBase):
+    event: Literal["incoming"] = "incoming"
+    caller: str | None = None
+    callee: str | None = None
+    sdp: str | None = None
+
+
+class Answer(EventBase):
+    event: Literal["answer"] = "answer"
+    sdp: str | None = None
+
+
+class RejectEvent(EventBase):
+    event: Literal["reject"] = "reject"
+    reason: str | None = None
+    code: int | None = None
+
+
+class RingingEvent(EventBase):
+    event: Literal["ringing"] = "ringing"
+    early_media: bool = False
+
+
+class HangupEvent(EventBase):
+    event: Literal["hangup"] = "hangup"
+    reason: str | None = None
+    initiator: str | None = None
+    start_time: str | None = None
+    hangup_time: str | None = None
+    answer_time: str | None = None
+    ringing_time: str | None = None
+    from_: Attendee | None = Field(None, alias="from")
+    to: Attendee | None = None
+    extra: dict[str, Any] | None = None
+
+
+class Speaking(EventBase):
+    event: Literal["speaking"] = "speaking"
+    start_time: int
+
+
+class Silence(EventBase):
+    event: Literal["silence"] = "silence"
+    start_time: int
+    duration: int
+
+
+class Eou(EventBase):
+    event: Literal["eou"] = "eou"
+    completed: bool = True
+
+
+class AsrDelta(EventBase):
+    event: Literal["asrDelta"] = "asrDelta"
+    index: int
+    start_time: int
+    end_time: int
+    text: str
+
+
+class AsrFinal(EventBase):
+    event: Literal["asrFinal"] = "asrFinal"
+    index: int
+    start_time: int
+    end_time: int
+    text: str
+
+
+class TrackStart(EventBase):
+    event: Literal["trackStart"] = "trackStart"
+    play_id: str | None = None
+
+
+class TrackEnd(EventBase):
+    event: Literal["trackEnd"] = "trackEnd"
+    duration: int = 0
+    ssrc: int = 0
+    play_id: str | None = None
+
+
+class Interruption(EventBase):
+    event: Literal["interruption"] = "interruption"
+    play_id: str | None = None
+    subtitle: str | None = None
+    position: int | None = None
+    total_duration: int | None = None
+    current: int | None = None
+
+
+class Dtmf(EventBase):
+    event: Literal["dtmf"] = "dtmf"
+    digit: str
+
+
+class Metrics(EventBase):
+    event: Literal["metrics"] = "metrics"
+    key: str
+    duration: int
+    data: dict[str, Any] | None = None
+
+
+class Error(EventBase):
+    event: Literal["error"] = "error"
+    sender: str
+    error: str
+    code: int | None = None
+
+
+class AddHistory(EventBase):
+    event: Literal["addHistory"] = "addHistory"
+    sender: str | None = None
+    speaker: str
+    text: str
+
+
+class AnswerMachineDetection(EventBase):
+    event: Literal["answerMachineDetection"] = "answerMachineDetection"
+    start_time: int
+    end_time: int
+    text: str
+
+
+class Binary(EventBase):
+    event: Literal["binary"] = "binary"
+    data: list[int]
+
+
+class Other(EventBase):
+    event: Literal["other"] = "other"
+    sender: str | None = None
+    extra: dict[str, Any] | None = None
+
+
+Event = Annotated[
+    Union[
+        Incoming, Answer, RejectEvent, RingingEvent, HangupEvent, Speaking, Silence, Eou,
+        AsrDelta, AsrFinal, TrackStart, TrackEnd, Interruption, Dtmf, Metrics, Error,
+        AddHistory, AnswerMachineDetection, Binary, Other,
+    ],
+    Field(discriminator="event"),
+]
+
+event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def dump_event(event: EventBase) -> str:
+    """Serialize an event for the wire: camelCase keys, absent optionals omitted."""
+    return event.model_dump_json(by_alias=True, exclude_none=True)
+
+
+def parse_event(text: str | bytes) -> Event:
+    """Parse an event (agents and tests use this to read the server's output)."""
+    return event_adapter.validate_json(text)

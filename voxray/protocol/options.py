@@ -1,0 +1,116 @@
+"""Option objects carried by commands (CallOption and its parts)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from voxray.protocol.base import WireModel
+
+CodecName = Literal["pcm", "pcmu", "pcma", "g722"]
+
+
+class RecorderOption(WireModel):
+    recorder_file: str | None = None
+    samplerate: int = 16000
+    ptime: int = 200
+
+
+class TranscriptionOption(WireModel):
+    provider: str | None = None
+    language: str | None = None
+    app_id: str | None = None
+    secret_id: str | None = None
+    secret_key: str | None = None
+    model_type: str | None = None
+    buffer_size: int | None = None
+    samplerate: int | None = None
+    endpoint: str | None = None
+    extra: dict[str, Any] | None = None
+    start_when_answer: bool | None = None
+
+
+class VADOption(WireModel):
+    type: str = "silero"
+    samplerate: int = 16000
+    speech_padding: int = Field(250, ge=0, le=5000, description="ms of audio kept before speech onset")
+    silence_padding: int = Field(100, ge=0, le=5000, description="ms of audio kept after speech end")
+    ratio: float = Field(0.5, ge=0.0, le=1.0)
+    voice_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    max_buffer_duration_secs: int = Field(50, ge=1, le=600)
+    silence_timeout: int | None = Field(None, ge=0, description="ms of silence that ends an utterance")
+    endpoint: str | None = None
+    secret_key: str | None = None
+    secret_id: str | None = None
+    # ext: minimum speech before `speaking` is reported (guards against clicks).
+    min_speech_ms: int = Field(96, ge=32, le=2000)
+
+
+class SynthesisOption(WireModel):
+    provider: str | None = None
+    samplerate: int | None = None
+    speed: float = Field(1.0, gt=0.1, le=4.0)
+    volume: int = Field(5, ge=1, le=10)
+    speaker: str | None = None
+    codec: str | None = None
+    subtitle: bool | None = None
+    emotion: str | None = None
+    app_id: str | None = None
+    secret_id: str | None = None
+    secret_key: str | None = None
+    endpoint: str | None = None
+    extra: dict[str, Any] | None = None
+    max_concurrent_tasks: int | None = None
+    cache_key: str | None = None
+
+
+class EouOption(WireModel):
+    type: str | None = None
+    endpoint: str | None = None
+    secret_key: str | None = None
+    secret_id: str | None = None
+    timeout: int | None = None
+
+
+class MediaPassOption(WireModel):
+    url: str
+    input_sample_rate: int = 16000
+    output_sample_rate: int = 16000
+    packet_size: int = 2560
+
+
+class SipOption(WireModel):
+    username: str | None = None
+    password: str | None = None
+    realm: str | None = None
+    headers: dict[str, str] | None = None
+
+
+class ReferOption(WireModel):
+    denoise: bool | None = None
+    timeout: int | None = None
+    moh: str | None = None
+    asr: TranscriptionOption | None = None
+    auto_hangup: bool | None = None
+    sip: SipOption | None = None
+
+
+class CallOption(WireModel):
+    caller: str | None = None
+    callee: str | None = None
+    offer: str | None = None
+    codec: CodecName = "pcm"
+    denoise: bool = False
+    recorder: RecorderOption | None = None
+    asr: TranscriptionOption | None = None
+    vad: VADOption | None = None
+    tts: SynthesisOption | None = None
+    eou: EouOption | None = None
+    media_pass: MediaPassOption | None = None
+    subscribe: bool | None = None
+    handshake_timeout: float | None = Field(None, ge=0)
+    inactivity_timeout: float | None = Field(None, ge=0)
+    enable_ipv6: bool | None = None
+    sip: SipOption | None = None
+    extra: dict[str, Any] | None = None
