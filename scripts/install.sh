@@ -18,8 +18,13 @@ fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+pip_install() {
+  # Quiet, but a failure still fails the script (the filter only drops pip's
+  # notes about this machine's extra package folders).
+  .venv/bin/python -m pip install -q "$@" 2> >(grep -v "^WARNING: Location" >&2)
+}
+pip_install --upgrade pip
 # torch first and pinned: a bare `torch` would pull a multi-GB CUDA build.
-.venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+pip_install "torch==2.13.0"
+pip_install -e ".[test]"
 .venv/bin/python -c "import voxray, ray, faster_whisper, piper, silero_vad, torch; print('voxray installed; torch', torch.__version__)"

@@ -1,0 +1,1 @@
+"""Benchmarks for voxray (run `.venv/bin/python bench/run.py`)."""

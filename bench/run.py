@@ -1,0 +1,530 @@
+"""End-to-end latency and CPU bench for voxray's `/call` WebSocket.
+
+Starts an embedded Ray with the voxray Serve app on a free loopback port, then,
+for each concurrency level, holds N simultaneous calls that each speak one
+sentence in real time and measure:
+
+- asrFinal latency: end of speech (the frame carrying the last speech sample was
+  sent) -> the `asrFinal` event arrives. It includes the server's end-of-speech
+  silence wait (`media.end_silence_ms`), which is part of what a caller feels.
+- first-TTS-audio latency: the same end of speech -> the first binary frame of the
+  reply that the client asks for as soon as `asrFinal` arrives.
+- CPU of the Ray processes (all descendants of this process) per concurrent call.
+
+Run: .venv/bin/python bench/run.py [--calls 1,4,8] [--rounds 3] [--quick]
+Prints a table; the same results go to bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import socket
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+import websockets
+
+SENTENCE = "I would like to book a table for two people tonight at seven."
+REPLY = "Sure, a table for two at seven."
+RATE = 16000
+FRAME_BYTES = 640  # 20 ms of 16-bit mono PCM at 16 kHz
+FRAME_SAMPLES = FRAME_BYTES // 2
+FRAME_S = 0.02
+LEAD_S = 0.3
+TRAIL_S = 0.5  # silence inside the WAV; endless silence frames follow it anyway
+# Piper ends its audio with ~0.1-0.2 s of near-silence; speech "ends" at the last
+# sample louder than -40 dBFS so that tail does not flatter the latencies.
+SPEECH_END_THRESHOLD = 328
+
+STAGGER_S = 0.3
+CONNECT_TIMEOUT_S = 10.0
+ANSWER_TIMEOUT_S = 10.0
+ASR_TIMEOUT_S = 20.0  # after end of speech
+TTS_TIMEOUT_S = 20.0  # after the tts command
+HANGUP_TIMEOUT_S = 30.0
+DEPLOY_TIMEOUT_S = 420.0
+
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+
+
+# -- caller audio -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallerAudio:
+    pcm: bytes  # 16 kHz mono int16 LE: lead silence + speech + trailing silence
+    eos_sample: int  # index of the last speech sample within `pcm`
+    speech_s: float
+    trimmed_tail_ms: float  # Piper's near-silent tail not counted as speech
+
+    @property
+    def eos_frame(self) -> int:
+        return self.eos_sample // FRAME_SAMPLES
+
+    @property
+    def n_frames(self) -> int:
+        return -(-len(self.pcm) // FRAME_BYTES)
+
+
+def make_caller_audio() -> CallerAudio:
+    """Synthesize the sentence once; every call of every level streams the same bytes."""
+    from voxray.speech import piper_speech
+
+    speech = piper_speech(SENTENCE, RATE)
+    loud = np.nonzero(np.abs(speech.astype(np.int32)) > SPEECH_END_THRESHOLD)[0]
+    last = int(loud[-1]) if loud.size else speech.size - 1
+    lead = np.zeros(int(LEAD_S * RATE), np.int16)
+    trail = np.zeros(int(TRAIL_S * RATE), np.int16)
+    pcm = np.concatenate((lead, speech, trail)).astype("<i2").tobytes()
+    return CallerAudio(pcm=pcm, eos_sample=lead.size + last, speech_s=speech.size / RATE,
+                       trimmed_tail_ms=(speech.size - 1 - last) * 1000 / RATE)
+
+
+# -- one call ---------------------------------------------------------------------
+
+
+@dataclass
+class RoundResult:
+    ok: bool = False
+    asr_ms: float | None = None
+    tts_ms: float | None = None
+    transcript: str | None = None
+    failure: str | None = None  # why the utterance counts as dropped
+    hangup_ok: bool = False
+    early_finals: int = 0  # asrFinal before end of speech (utterance split by VAD)
+    errors: list[str] = field(default_factory=list)  # server `error` events
+    # The server's own `metrics` events, to split the latencies into their parts.
+    server_asr_ms: float | None = None  # ASR request round trip, queueing included
+    asr_compute_ms: float | None = None  # Whisper alone
+    server_tts_ms: float | None = None  # tts command -> first synthesized chunk
+
+
+def note(event: dict, result: RoundResult) -> None:
+    """Keep what the side events say: server errors and the server's metrics."""
+    name = event.get("event")
+    if name == "error":
+        result.errors.append(f"{event.get('sender')}: {event.get('error')}")
+    elif name == "metrics":
+        key = str(event.get("key", ""))
+        if key.startswith("ttfb.asr."):
+            result.server_asr_ms = event.get("duration")
+            result.asr_compute_ms = (event.get("data") or {}).get("computeMs")
+        elif key.startswith("ttfb.tts."):
+            result.server_tts_ms = event.get("duration")
+
+
+class Dropped(Exception):
+    """The utterance failed at some stage; the message says which."""
+
+
+async def stream_caller(ws, audio: CallerAudio, eos: asyncio.Future) -> None:
+    """Send the WAV as 20 ms frames on an absolute clock, then silence until cancelled.
+
+    `eos` gets the monotonic time right after the frame holding the last speech
+    sample went out: the caller's end of speech as the server can first see it.
+    """
+    silence = b"\0" * FRAME_BYTES
+    t0 = time.monotonic()
+    n = 0
+    try:
+        while True:
+            i = n * FRAME_BYTES
+            frame = audio.pcm[i:i + FRAME_BYTES].ljust(FRAME_BYTES, b"\0") if i < len(audio.pcm) else silence
+            await ws.send(frame)
+            if n == audio.eos_frame and not eos.done():
+                eos.set_result(time.monotonic())
+            n += 1
+            delay = t0 + n * FRAME_S - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+    except websockets.ConnectionClosed:
+        return  # the server hung up: nothing left to stream to
+
+
+async def next_message(ws, deadline: float, what: str) -> str | bytes:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise Dropped(f"no {what} in time")
+    try:
+        return await asyncio.wait_for(ws.recv(), left)
+    except asyncio.TimeoutError:
+        raise Dropped(f"no {what} in time") from None
+    except websockets.ConnectionClosed as exc:
+        raise Dropped(f"socket closed waiting for {what} ({exc.rcvd.code if exc.rcvd else 'no close frame'})") from None
+
+
+async def wait_event(ws, name: str, deadline: float, result: RoundResult) -> dict:
+    """Read until the event `name`; binary frames and other events are skipped."""
+    while True:
+        msg = await next_message(ws, deadline, name)
+        if isinstance(msg, bytes):
+            continue
+        event = json.loads(msg)
+        note(event, result)
+        if event.get("event") == name:
+            return event
+
+
+async def wait_final_after_eos(ws, eos: asyncio.Future, audio: CallerAudio, result: RoundResult) -> dict:
+    """The first asrFinal that arrives once the whole sentence has been sent."""
+    deadline = time.monotonic() + audio.eos_frame * FRAME_S + ASR_TIMEOUT_S
+    while True:
+        event = await wait_event(ws, "asrFinal", deadline, result)
+        if eos.done():
+            return event
+        result.early_finals += 1  # the VAD cut the sentence: wait for the rest
+
+
+async def first_audio(ws, deadline: float, result: RoundResult) -> float:
+    while True:
+        msg = await next_message(ws, deadline, "TTS audio")
+        if isinstance(msg, bytes):
+            return time.monotonic()
+        note(json.loads(msg), result)
+
+
+async def hang_up(ws, result: RoundResult) -> None:
+    """Ask for the hangup and wait (bounded) for the server to confirm it."""
+    try:
+        await ws.send(json.dumps({"command": "hangup"}))
+        await wait_event(ws, "hangup", time.monotonic() + HANGUP_TIMEOUT_S, result)
+        result.hangup_ok = True
+    except (Dropped, websockets.ConnectionClosed) as exc:
+        result.errors.append(f"hangup: {exc}")
+
+
+async def one_round(url: str, audio: CallerAudio) -> RoundResult:
+    """One whole call: invite, speak, get asrFinal, ask for a reply, hear it, hang up."""
+    result = RoundResult()
+    try:
+        async with websockets.connect(url, max_size=2**22, open_timeout=CONNECT_TIMEOUT_S) as ws:
+            await ws.send(json.dumps({"command": "invite", "option": {"codec": "pcm"}}))
+            await wait_event(ws, "answer", time.monotonic() + ANSWER_TIMEOUT_S, result)
+            eos: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+            streamer = asyncio.create_task(stream_caller(ws, audio, eos))
+            try:
+                final = await wait_final_after_eos(ws, eos, audio, result)
+                t_final = time.monotonic()
+                await ws.send(json.dumps({"command": "tts", "text": REPLY, "playId": "r1"}))
+                t_audio = await first_audio(ws, time.monotonic() + TTS_TIMEOUT_S, result)
+                t_eos = eos.result()
+                result.asr_ms = (t_final - t_eos) * 1000
+                result.tts_ms = (t_audio - t_eos) * 1000
+                result.transcript = final.get("text")
+                result.ok = True
+                await hang_up(ws, result)
+            finally:
+                streamer.cancel()
+                await asyncio.gather(streamer, return_exceptions=True)
+    except Dropped as exc:
+        result.failure = str(exc)
+    except (OSError, asyncio.TimeoutError, websockets.WebSocketException) as exc:
+        result.failure = f"socket: {exc!r}"
+    return result
+
+
+def round_bound_s(audio: CallerAudio) -> float:
+    """The most one round can take given every stage's own timeout (plus slack)."""
+    return (STAGGER_S + CONNECT_TIMEOUT_S + ANSWER_TIMEOUT_S + audio.eos_frame * FRAME_S
+            + ASR_TIMEOUT_S + TTS_TIMEOUT_S + HANGUP_TIMEOUT_S + 5.0)
+
+
+async def one_call(url: str, audio: CallerAudio, rounds: int, rng: random.Random) -> list[RoundResult]:
+    """One concurrent caller: `rounds` calls back to back, each after a random stagger."""
+    results = []
+    for _ in range(rounds):
+        await asyncio.sleep(rng.uniform(0, STAGGER_S))
+        try:
+            async with asyncio.timeout(round_bound_s(audio)):
+                results.append(await one_round(url, audio))
+        except TimeoutError:
+            results.append(RoundResult(failure="round exceeded its time bound"))
+    return results
+
+
+# -- CPU of the Ray processes -------------------------------------------------------
+
+
+def ray_cpu_seconds() -> dict[tuple[int, float], float]:
+    """user+sys CPU seconds of every Ray process, keyed by (pid, create time).
+
+    An embedded Ray is a tree under this driver process (gcs_server, raylet, the
+    dashboard, and every worker/replica the raylet forks), so its descendants are
+    exactly the cluster and nothing else running on the machine. This process
+    (the bench clients plus the Ray driver) is left out on purpose.
+    """
+    out = {}
+    for p in psutil.Process().children(recursive=True):
+        try:
+            with p.oneshot():
+                t = p.cpu_times()
+                out[(p.pid, p.create_time())] = t.user + t.system
+        except psutil.Error:
+            continue  # exited between listing and reading
+    return out
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds spent by everything on the machine (all cores)."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
+
+
+def own_cpu_seconds() -> float:
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
+
+
+def cpu_delta(before: dict[tuple[int, float], float], after: dict[tuple[int, float], float]) -> float:
+    # A process born during the level counts in full; one that died is lost (rare: workers are long-lived).
+    return sum(v - before.get(k, 0.0) for k, v in after.items())
+
+
+# -- levels -------------------------------------------------------------------------
+
+
+@dataclass
+class LevelResult:
+    calls: int
+    rounds: int
+    utterances: int
+    dropped: int
+    asr_p50_ms: float | None
+    asr_p95_ms: float | None
+    tts_p50_ms: float | None
+    tts_p95_ms: float | None
+    cpu_pct_per_call: float
+    ray_cpu_s: float
+    wall_s: float
+    ray_processes: int
+    other_cpu_pct: float  # load from outside the bench and its Ray (other jobs skew latencies)
+    server_asr_p50_ms: float | None
+    asr_compute_p50_ms: float | None
+    server_tts_p50_ms: float | None
+    hangup_failures: int
+    early_finals: int
+    failures: list[str]
+    errors: list[str]
+    asr_ms: list[float]
+    tts_ms: list[float]
+    transcripts: list[str]
+
+
+def pct(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+async def run_level(url: str, audio: CallerAudio, calls: int, rounds: int, seed: int) -> LevelResult:
+    rng = random.Random(seed)
+    before, busy0, own0 = ray_cpu_seconds(), machine_busy_seconds(), own_cpu_seconds()
+    t0 = time.monotonic()
+    per_call = await asyncio.gather(*(one_call(url, audio, rounds, random.Random(rng.random()))
+                                      for _ in range(calls)))
+    wall = time.monotonic() - t0
+    after, busy1, own1 = ray_cpu_seconds(), machine_busy_seconds(), own_cpu_seconds()
+    cpu_s = cpu_delta(before, after)
+    other_s = max(0.0, (busy1 - busy0) - cpu_s - (own1 - own0))
+    rs = [r for call in per_call for r in call]
+    ok = [r for r in rs if r.ok]
+    asr = [r.asr_ms for r in ok]
+    tts = [r.tts_ms for r in ok]
+    return LevelResult(
+        calls=calls, rounds=rounds, utterances=len(rs), dropped=len(rs) - len(ok),
+        asr_p50_ms=pct(asr, 50), asr_p95_ms=pct(asr, 95), tts_p50_ms=pct(tts, 50), tts_p95_ms=pct(tts, 95),
+        cpu_pct_per_call=cpu_s / wall / calls * 100, ray_cpu_s=cpu_s, wall_s=wall, ray_processes=len(after),
+        other_cpu_pct=other_s / wall * 100,
+        server_asr_p50_ms=pct([r.server_asr_ms for r in ok if r.server_asr_ms is not None], 50),
+        asr_compute_p50_ms=pct([r.asr_compute_ms for r in ok if r.asr_compute_ms is not None], 50),
+        server_tts_p50_ms=pct([r.server_tts_ms for r in ok if r.server_tts_ms is not None], 50),
+        hangup_failures=sum(not r.hangup_ok for r in ok), early_finals=sum(r.early_finals for r in rs),
+        failures=[r.failure for r in rs if r.failure], errors=[e for r in rs for e in r.errors],
+        asr_ms=asr, tts_ms=tts, transcripts=[r.transcript for r in ok],
+    )
+
+
+# -- server -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def refuse_other_cluster() -> None:
+    """ray.init() without an address joins a cluster left by `ray start`: the bench would
+    then measure (and deploy onto) someone else's Ray. Stop instead."""
+    from ray._private.services import find_bootstrap_address
+
+    # The bench is always embedded; a RAY_ADDRESS would make start_ray join instead.
+    os.environ.pop("RAY_ADDRESS", None)
+    addr = find_bootstrap_address(None)
+    if addr:
+        raise SystemExit(f"bench: a Ray cluster is already running at {addr}; stop it first "
+                         "(.venv/bin/ray stop --force), the bench starts its own")
+
+
+def start_server(config) -> None:
+    """Embedded Ray + the voxray app; the deploy is bounded in time."""
+    from voxray.cluster.local import deploy, eprint, start_ray
+
+    start_ray(num_cpus=None, log=eprint)
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            deploy(config, log=eprint)
+        except BaseException as exc:
+            failed.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True, name="deploy")
+    worker.start()
+    worker.join(DEPLOY_TIMEOUT_S)
+    if worker.is_alive():
+        raise RuntimeError(f"deploy did not finish within {DEPLOY_TIMEOUT_S:.0f}s")
+    if failed:
+        raise failed[0]
+
+
+def arm_watchdog(limit_s: float) -> threading.Timer:
+    """Last resort if something hangs past every per-stage timeout: leave anyway."""
+    def fire() -> None:
+        print(f"bench: still running after {limit_s:.0f}s; giving up", file=sys.stderr, flush=True)
+        try:
+            from voxray.cluster.local import shutdown
+            shutdown()
+        finally:
+            os._exit(3)
+
+    timer = threading.Timer(limit_s, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+# -- report -------------------------------------------------------------------------
+
+
+def fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
+def table(levels: list[LevelResult]) -> str:
+    head = (f"{'calls':>5} {'utts':>5} {'dropped':>7} {'asr p50':>8} {'asr p95':>8} "
+            f"{'tts p50':>8} {'tts p95':>8} {'cpu%/call':>9}")
+    lines = [head, "-" * len(head)]
+    for lv in levels:
+        lines.append(f"{lv.calls:>5} {lv.utterances:>5} {lv.dropped:>7} {fmt(lv.asr_p50_ms):>8} "
+                     f"{fmt(lv.asr_p95_ms):>8} {fmt(lv.tts_p50_ms):>8} {fmt(lv.tts_p95_ms):>8} "
+                     f"{lv.cpu_pct_per_call:>9.1f}")
+    return "\n".join(lines)
+
+
+def report(levels: list[LevelResult], audio: CallerAudio, end_silence_ms: int) -> str:
+    sample = next((t for lv in levels for t in lv.transcripts if t), None)
+    notes = [
+        f"voxray bench: {psutil.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"speech {audio.speech_s:.2f} s (Piper), server end-of-speech wait {end_silence_ms} ms",
+        "latencies in ms from end of speech (last speech frame sent): asr = asrFinal arrives, "
+        "tts = first reply audio frame arrives; cpu = all Ray processes, % of one core per concurrent call",
+        "",
+        table(levels),
+        "",
+        f'sample asrFinal: "{sample}"' if sample else "sample asrFinal: (none: every utterance dropped)",
+        f'spoken:          "{SENTENCE}"',
+    ]
+    for lv in levels:
+        extra = [f"server p50: asr request {fmt(lv.server_asr_p50_ms)} ms (whisper {fmt(lv.asr_compute_p50_ms)}), "
+                 f"tts to first chunk {fmt(lv.server_tts_p50_ms)} ms"]
+        if lv.other_cpu_pct > 10:
+            extra.append(f"WARNING: other processes used {lv.other_cpu_pct:.0f}% of a core meanwhile")
+        if lv.hangup_failures:
+            extra.append(f"{lv.hangup_failures} hangups unconfirmed")
+        if lv.early_finals:
+            extra.append(f"{lv.early_finals} asrFinal before end of speech (split utterance)")
+        if lv.failures:
+            extra.append("dropped: " + "; ".join(sorted(set(lv.failures))))
+        if lv.errors:
+            extra.append("server errors: " + "; ".join(sorted(set(lv.errors))[:5]))
+        notes.append(f"[{lv.calls} calls] " + " | ".join(extra))
+    return "\n".join(notes)
+
+
+def write_json(levels: list[LevelResult], audio: CallerAudio, args: argparse.Namespace, port: int) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": psutil.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version()},
+        "settings": {"calls": args.calls, "rounds": args.rounds, "port": port, "sentence": SENTENCE,
+                     "reply": REPLY, "speech_s": audio.speech_s, "eos_sample": audio.eos_sample,
+                     "trimmed_tail_ms": audio.trimmed_tail_ms, "stagger_s": STAGGER_S,
+                     "asr_timeout_s": ASR_TIMEOUT_S, "tts_timeout_s": TTS_TIMEOUT_S},
+        "levels": [asdict(lv) for lv in levels],
+    }
+    RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+# -- main ---------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--calls", default="1,4,8", help="concurrency levels, comma-separated (default 1,4,8)")
+    p.add_argument("--rounds", type=int, default=3, help="utterances per call per level (default 3)")
+    p.add_argument("--quick", action="store_true", help="levels 1,2 only")
+    p.add_argument("--seed", type=int, default=1, help="seed of the call-start stagger")
+    args = p.parse_args(argv)
+    args.calls = [1, 2] if args.quick else [int(c) for c in args.calls.split(",") if c.strip()]
+    if not args.calls or min(args.calls) < 1 or args.rounds < 1:
+        p.error("--calls needs positive integers and --rounds at least 1")
+    return args
+
+
+async def measure(url: str, audio: CallerAudio, args: argparse.Namespace) -> list[LevelResult]:
+    # One unmeasured call first: the first request to each model pays one-off warm-up costs.
+    warm = await one_round(url, audio)
+    print(f"bench: warm-up call {'ok' if warm.ok else 'failed: ' + str(warm.failure)}", file=sys.stderr, flush=True)
+    levels = []
+    for i, n in enumerate(args.calls):
+        print(f"bench: {n} concurrent call(s) x {args.rounds} round(s)", file=sys.stderr, flush=True)
+        levels.append(await run_level(url, audio, n, args.rounds, seed=args.seed + i))
+    return levels
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from voxray.cluster.local import shutdown
+    from voxray.config import VoxrayConfig
+
+    refuse_other_cluster()
+    audio = make_caller_audio()
+    config = VoxrayConfig()
+    config.serve.host = "127.0.0.1"  # loopback only, whatever the environment says
+    config.serve.port = free_port()
+    url = f"ws://127.0.0.1:{config.serve.port}/call"
+    budget = DEPLOY_TIMEOUT_S + 60 + round_bound_s(audio) * (1 + args.rounds * len(args.calls))
+    watchdog = arm_watchdog(budget)
+    try:
+        start_server(config)
+        levels = asyncio.run(measure(url, audio, args))
+    finally:
+        shutdown()
+        watchdog.cancel()
+    print(report(levels, audio, config.media.end_silence_ms), flush=True)
+    write_json(levels, audio, args, config.serve.port)
+    print(f"(results: {RESULTS})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
