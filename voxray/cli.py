@@ -15,6 +15,7 @@ def _serve(args: argparse.Namespace, then=None) -> None:
     from voxray.cluster.local import deploy, eprint, shutdown, start_ray
     from voxray.config import VoxrayConfig
 
+    detached = False
     config = VoxrayConfig.load(args.config)
     if args.port:
         config.serve.port = args.port
@@ -29,6 +30,12 @@ def _serve(args: argparse.Namespace, then=None) -> None:
         dash = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), "dashboard_url") else None
         dash = dash or os.environ.get("RAY_DASHBOARD_URL") or "http://127.0.0.1:8265"
         eprint(f"Ray dashboard: {dash if dash.startswith('http') else 'http://' + dash}")
+        if args.detach:
+            if not (args.address or os.environ.get("RAY_ADDRESS")):
+                raise SystemExit("--detach needs an existing cluster (--address or RAY_ADDRESS)")
+            eprint("voxray: deployed; Serve keeps it running on the cluster")
+            detached = True
+            return
         if then is not None:
             then(config)
             if args.exit:
@@ -45,8 +52,9 @@ def _serve(args: argparse.Namespace, then=None) -> None:
         while not stop:
             time.sleep(0.5)
     finally:
-        eprint("voxray: shutting down")
-        shutdown()
+        if not detached:
+            eprint("voxray: shutting down")
+            shutdown()
 
 
 def _demo(config) -> None:
@@ -75,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         sp.add_argument("--port", type=int, help="port for the HTTP/WebSocket ingress (default 8000)")
         sp.add_argument("--num-cpus", type=int, help="CPUs for an embedded Ray")
         sp.add_argument("--exit", action="store_true", help="demo: stop after the conversation")
+        sp.add_argument("--detach", action="store_true",
+                        help="with --address: deploy and return, leaving the app on the cluster")
     sp = sub.add_parser("schema", help="print the protocol's JSON Schema")
     sp.add_argument("-o", "--output", help="write to a file instead of stdout")
     args = p.parse_args(argv)
