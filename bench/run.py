@@ -52,6 +52,7 @@ ANSWER_TIMEOUT_S = 10.0
 ASR_TIMEOUT_S = 20.0  # after end of speech
 TTS_TIMEOUT_S = 20.0  # after the tts command
 HANGUP_TIMEOUT_S = 30.0
+IDLE_S = 5.0  # how long Ray's idle CPU is sampled before the levels
 DEPLOY_TIMEOUT_S = 420.0
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -430,7 +431,7 @@ def table(levels: list[LevelResult]) -> str:
     return "\n".join(lines)
 
 
-def report(levels: list[LevelResult], audio: CallerAudio, end_silence_ms: int) -> str:
+def report(levels: list[LevelResult], audio: CallerAudio, end_silence_ms: int, idle_cpu_pct: float) -> str:
     sample = next((t for lv in levels for t in lv.transcripts if t), None)
     notes = [
         f"voxray bench: {psutil.cpu_count()} CPUs, Python {platform.python_version()}, "
@@ -442,6 +443,7 @@ def report(levels: list[LevelResult], audio: CallerAudio, end_silence_ms: int) -
         "",
         f'sample asrFinal: "{sample}"' if sample else "sample asrFinal: (none: every utterance dropped)",
         f'spoken:          "{SENTENCE}"',
+        f"Ray idle (no calls): {idle_cpu_pct:.1f}% of one core, included in cpu%/call",
     ]
     for lv in levels:
         extra = [f"server p50: asr request {fmt(lv.server_asr_p50_ms)} ms (whisper {fmt(lv.asr_compute_p50_ms)}), "
@@ -460,7 +462,8 @@ def report(levels: list[LevelResult], audio: CallerAudio, end_silence_ms: int) -
     return "\n".join(notes)
 
 
-def write_json(levels: list[LevelResult], audio: CallerAudio, args: argparse.Namespace, port: int) -> None:
+def write_json(levels: list[LevelResult], audio: CallerAudio, args: argparse.Namespace, port: int,
+               idle_cpu_pct: float) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -470,6 +473,7 @@ def write_json(levels: list[LevelResult], audio: CallerAudio, args: argparse.Nam
                      "reply": REPLY, "speech_s": audio.speech_s, "eos_sample": audio.eos_sample,
                      "trimmed_tail_ms": audio.trimmed_tail_ms, "stagger_s": STAGGER_S,
                      "asr_timeout_s": ASR_TIMEOUT_S, "tts_timeout_s": TTS_TIMEOUT_S},
+        "ray_idle_cpu_pct": idle_cpu_pct,
         "levels": [asdict(lv) for lv in levels],
     }
     RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
@@ -491,15 +495,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-async def measure(url: str, audio: CallerAudio, args: argparse.Namespace) -> list[LevelResult]:
+async def idle_ray_cpu_pct(seconds: float) -> float:
+    """Ray's own background CPU with no call up (controller, proxy, dashboard, health checks).
+
+    It is part of every level's cpu%/call; this baseline lets a reader take it out.
+    """
+    before, t0 = ray_cpu_seconds(), time.monotonic()
+    await asyncio.sleep(seconds)
+    return cpu_delta(before, ray_cpu_seconds()) / (time.monotonic() - t0) * 100
+
+
+async def measure(url: str, audio: CallerAudio, args: argparse.Namespace) -> tuple[list[LevelResult], float]:
     # One unmeasured call first: the first request to each model pays one-off warm-up costs.
     warm = await one_round(url, audio)
     print(f"bench: warm-up call {'ok' if warm.ok else 'failed: ' + str(warm.failure)}", file=sys.stderr, flush=True)
+    idle = await idle_ray_cpu_pct(IDLE_S)
     levels = []
     for i, n in enumerate(args.calls):
         print(f"bench: {n} concurrent call(s) x {args.rounds} round(s)", file=sys.stderr, flush=True)
         levels.append(await run_level(url, audio, n, args.rounds, seed=args.seed + i))
-    return levels
+    return levels, idle
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -513,16 +528,16 @@ def main(argv: list[str] | None = None) -> None:
     config.serve.host = "127.0.0.1"  # loopback only, whatever the environment says
     config.serve.port = free_port()
     url = f"ws://127.0.0.1:{config.serve.port}/call"
-    budget = DEPLOY_TIMEOUT_S + 60 + round_bound_s(audio) * (1 + args.rounds * len(args.calls))
+    budget = DEPLOY_TIMEOUT_S + 60 + IDLE_S + round_bound_s(audio) * (1 + args.rounds * len(args.calls))
     watchdog = arm_watchdog(budget)
     try:
         start_server(config)
-        levels = asyncio.run(measure(url, audio, args))
+        levels, idle = asyncio.run(measure(url, audio, args))
     finally:
         shutdown()
         watchdog.cancel()
-    print(report(levels, audio, config.media.end_silence_ms), flush=True)
-    write_json(levels, audio, args, config.serve.port)
+    print(report(levels, audio, config.media.end_silence_ms, idle), flush=True)
+    write_json(levels, audio, args, config.serve.port, idle)
     print(f"(results: {RESULTS})", flush=True)
 
 

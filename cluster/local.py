@@ -78,6 +78,11 @@ def deploy(config: VoxrayConfig, log=print) -> None:
                 log(f"  [{time.monotonic() - t0:5.1f}s] {name}: {label}")
     if error:
         raise RuntimeError(f"deploy failed: {error[0]}") from error[0]
+    from voxray.cluster.placement import ensure_ua_nodes
+
+    for info in ensure_ua_nodes(config.serve.app_name, config.media.model_dump(), config.transports.model_dump()):
+        log(f"  [{time.monotonic() - t0:5.1f}s] UA node on {info['node_id'][:12]}: "
+            f"{', '.join(info['transports']) or 'no network transports'}")
     log(f"voxray is serving on ws://{config.serve.host}:{config.serve.port}/call "
         f"({time.monotonic() - t0:.1f}s)")
 
@@ -86,7 +91,10 @@ def shutdown() -> None:
     import ray
     from ray import serve
 
+    from voxray.cluster.placement import kill_ua_nodes
+
     try:
+        kill_ua_nodes()
         serve.shutdown()
     finally:
         ray.shutdown()

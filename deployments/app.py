@@ -22,5 +22,6 @@ def build_app(config: VoxrayConfig) -> Application:
     tts = TtsDeployment.options(**opts["tts"]).bind(config.models.tts_provider, config.models.piper_voice)
     registry = CallRegistry.bind()
     return Ingress.options(**opts["ingress"]).bind(
-        vad, asr, tts, registry, config.media.model_dump()
+        vad, asr, tts, registry, config.media.model_dump(), config.transports.model_dump(),
+        config.serve.app_name,
     )

@@ -11,7 +11,9 @@ from ray import serve
 
 from voxray.deployments.registry import CallInfo
 from voxray.deployments.services import ServeModelServices
-from voxray.deployments.ws_call import WsCall, iso
+from voxray.deployments.agent_channel import AgentChannel, iso
+from voxray.deployments.call_media import LocalMedia
+from voxray.deployments.remote_media import RemoteMedia
 from voxray.logs import get_logger
 from voxray.protocol.events import Error, dump_event
 from voxray.ua_node.media.session import MediaConfig
@@ -29,11 +31,17 @@ api = FastAPI(title="voxray", description="Voice-agent calls over WebSocket; see
 )
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, vad, asr, tts, registry, media: dict | None = None) -> None:
+    def __init__(self, vad, asr, tts, registry, media: dict | None = None,
+                 transports: dict | None = None, app_name: str = "voxray") -> None:
         self.services = ServeModelServices(vad, asr, tts)
         self.registry = registry
-        self.media_config = MediaConfig(**(media or {}))
-        self.calls: dict[str, WsCall] = {}
+        self.media_config_dict = media or {}
+        self.media_config = MediaConfig(**self.media_config_dict)
+        self.transports = transports or {}
+        self.app_name = app_name
+        self.ice_server_list = list(self.transports.get("webrtc", {}).get("ice_servers", []))
+        self._ua_node = None
+        self.calls: dict[str, AgentChannel] = {}
         ctx = serve.get_replica_context()
         self.replica = ctx.replica_id.unique_id if ctx else uuid.uuid4().hex
         self._kill_task: asyncio.Task | None = None
@@ -65,17 +73,57 @@ class Ingress:
             await ws.close(1008)
             return
         await ws.accept()
-        call = WsCall(ws, call_id, self.services, self.media_config,
-                      on_answer=self._on_answer, on_end=self._on_end)
-        self.calls[call_id] = call
+        def local_media(ch: AgentChannel) -> LocalMedia:
+            return LocalMedia(call_id, self.services, self.media_config,
+                              emit=ch.emit, send_audio=ch.send_audio, hangup=ch.request_hangup)
+
+        await self._hold(AgentChannel(ws, call_id, "/call", local_media,
+                                      on_answer=self._on_answer, on_end=self._on_end))
+
+    async def _hold(self, call: AgentChannel) -> None:
+        self.calls[call.call_id] = call
         try:
             await call.run()
         finally:
-            self.calls.pop(call_id, None)
+            self.calls.pop(call.call_id, None)
 
-    async def _on_answer(self, call: WsCall) -> None:
+    async def _remote_call(self, ws: WebSocket, call_id: str | None, kind: str, ua_node=None) -> None:
+        """A call whose media a UA node holds; this socket carries only commands and events."""
+        self._ensure_kill_listener()
+        call_id = call_id or uuid.uuid4().hex
+        await ws.accept()
+        if call_id in self.calls:
+            await ws.send_text(dump_event(Error(sender="protocol", error=f"call id '{call_id}' is in use", code=409)))
+            await ws.close(1008)
+            return
+        ua = ua_node or await self._local_ua_node()
+
+        def remote_media(ch: AgentChannel) -> RemoteMedia:
+            return RemoteMedia(ua, call_id, kind, emit=ch.emit, channel=ch)
+
+        await self._hold(AgentChannel(ws, call_id, f"/call/{kind}", remote_media,
+                                      on_answer=self._on_answer, on_end=self._on_end))
+
+    async def _local_ua_node(self):
+        if self._ua_node is None:
+            from voxray.cluster.placement import local_ua_node
+
+            ua = local_ua_node(self.app_name, self.media_config_dict, self.transports)
+            await ua.ready.remote()
+            self._ua_node = ua
+        return self._ua_node
+
+    @api.websocket("/call/webrtc")
+    async def call_webrtc(self, ws: WebSocket, id: str | None = None, dump: bool = False) -> None:
+        await self._remote_call(ws, id, "webrtc")
+
+    @api.get("/iceservers")
+    async def ice_servers(self) -> list[dict]:
+        return self.ice_server_list
+
+    async def _on_answer(self, call: AgentChannel) -> None:
         opt = call.option
-        info = CallInfo(id=call.call_id, replica=self.replica, path="/call", codec=opt.codec,
+        info = CallInfo(id=call.call_id, replica=self.replica, path=call.path, codec=opt.codec,
                         caller=opt.caller, callee=opt.callee, created_at=iso(call.start_time),
                         answered_at=iso(call.answer_time))
         try:
@@ -83,7 +131,7 @@ class Ingress:
         except Exception as exc:  # the call works without the registry; only listing suffers
             log.warning("register failed", extra={"error": repr(exc)})
 
-    async def _on_end(self, call: WsCall) -> None:
+    async def _on_end(self, call: AgentChannel) -> None:
         try:
             await self.registry.unregister.remote(call.call_id)
         except Exception as exc:

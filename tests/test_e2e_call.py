@@ -89,7 +89,7 @@ async def test_bad_input_gets_error_events_and_the_call_goes_on(voxray_server):
             ("{oops", 400, "malformed JSON"),
             (json.dumps({"command": "teleport"}), 404, "unknown command"),
             (json.dumps({"command": "tts", "text": 42}), 422, "text"),
-            (json.dumps({"command": "invite"}), 409, "already answered"),
+            (json.dumps({"command": "invite"}), 409, "already set up"),
             (json.dumps({"command": "tts", "text": "x" * 300_000}), 413, "exceeds"),
         ]
         for text, code, fragment in bad:

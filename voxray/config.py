@@ -40,7 +40,24 @@ class ServeConfig(BaseModel):
     route_prefix: str = "/"
 
 
+class IceServer(BaseModel):
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class WebRtcSettings(BaseModel):
+    ice_servers: list[IceServer] = Field(default_factory=list)
+
+
+class Transports(BaseModel):
+    """Settings handed to each UA node's transports."""
+
+    webrtc: WebRtcSettings = Field(default_factory=WebRtcSettings)
+
+
 class VoxrayConfig(BaseModel):
+    transports: Transports = Field(default_factory=Transports)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     media: MediaSettings = Field(default_factory=MediaSettings)

@@ -1,8 +1,8 @@
-"""The `/call` WebSocket: commands and caller audio in, events and TTS audio out.
+"""The agent's WebSocket: JSON commands in, JSON events out, for one call.
 
-The socket is the call's transport here, so the media session lives in this
-ingress replica; only batched VAD chunks, whole utterances and TTS requests leave
-the process. Bad input of any kind gets an `error` event and the call goes on.
+Generic over where the call's media lives (`CallMedia`): on `/call` the socket also
+carries the audio; on `/call/sip` and `/call/webrtc` a UA node holds it. Bad input of
+any kind gets an `error` event and the call goes on.
 """
 
 from __future__ import annotations
@@ -14,35 +14,38 @@ from datetime import datetime, timezone
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from voxray.deployments.call_media import CallMedia
 from voxray.logs import bind_call, get_logger
 from voxray.protocol import commands as cmd
 from voxray.protocol import events as ev
 from voxray.protocol.errors import ProtocolError
 from voxray.ua_node.media.codecs import CodecError
-from voxray.ua_node.media.session import MediaConfig, MediaSession, ModelServices
 
 log = get_logger("voxray.call")
 
 MAX_AUDIO_FRAME_BYTES = 64 * 1024  # 2 s of 16 kHz PCM: far more than any sane frame
 DEFAULT_HANDSHAKE_TIMEOUT_S = 60.0
 
+MediaFactory = Callable[["AgentChannel"], CallMedia]
+
 
 def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
 
 
-class WsCall:
-    def __init__(self, ws: WebSocket, call_id: str, services: ModelServices,
-                 media_config: MediaConfig | None = None,
-                 on_answer: Callable[["WsCall"], Awaitable[None]] | None = None,
-                 on_end: Callable[["WsCall"], Awaitable[None]] | None = None) -> None:
+class AgentChannel:
+    def __init__(self, ws: WebSocket, call_id: str, path: str, media_factory: MediaFactory,
+                 on_answer: Callable[["AgentChannel"], Awaitable[None]] | None = None,
+                 on_end: Callable[["AgentChannel"], Awaitable[None]] | None = None,
+                 handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S) -> None:
         self.ws = ws
         self.call_id = call_id
-        self.services = services
-        self.media_config = media_config or MediaConfig()
+        self.path = path
+        self.media: CallMedia = media_factory(self)
         self._on_answer = on_answer
         self._on_end = on_end
-        self.session: MediaSession | None = None
+        self.handshake_timeout_s = handshake_timeout_s
+        self.answered = False
         self.start_time = time.time()
         self.answer_time: float | None = None
         self.hangup_time: float | None = None
@@ -53,21 +56,24 @@ class WsCall:
         self.frames_in = 0
         self.frames_out = 0
 
-    # -- MediaSink ---------------------------------------------------------------
+    # -- output ------------------------------------------------------------------
 
     async def emit(self, event: ev.EventBase) -> None:
+        if isinstance(event, ev.Answer) and not self.answered:
+            await self._answered()
         await self._send(text=ev.dump_event(event))
 
     async def send_audio(self, payload: bytes) -> None:
-        self.frames_out += 1
-        await self._send(data=payload)
+        if self.hangup_time is None:
+            self.frames_out += 1
+            await self._send(data=payload)
 
     async def request_hangup(self, reason: str, initiator: str) -> None:
-        # Called from the session's own tasks: hang up from outside them.
+        # Called from the media's own tasks: hang up from outside them.
         asyncio.get_running_loop().create_task(self.hangup(reason, initiator))
 
     async def _send(self, text: str | None = None, data: bytes | None = None) -> None:
-        if self.ws.client_state != WebSocketState.CONNECTED or self.hangup_time is not None and text is None:
+        if self.ws.client_state != WebSocketState.CONNECTED:
             return
         async with self._send_lock:
             try:
@@ -82,7 +88,7 @@ class WsCall:
 
     async def run(self) -> None:
         with bind_call(self.call_id):
-            log.info("call connected", extra={"path": self.ws.url.path})
+            log.info("agent connected", extra={"path": self.path})
             reader = asyncio.create_task(self._read_loop(), name=f"ws-read-{self.call_id}")
             watchdog = asyncio.create_task(self._watchdog(), name=f"watchdog-{self.call_id}")
             try:
@@ -92,34 +98,34 @@ class WsCall:
                 watchdog.cancel()
                 await asyncio.gather(reader, watchdog, return_exceptions=True)
                 if self.hangup_time is None:
-                    # The agent went away without a hangup: end the call quietly.
+                    # The agent went away without a hangup: end the call.
                     self.hangup_time = time.time()
                     log.info("agent disconnected")
-                if self.session:
-                    await self.session.close()
+                    await self.media.close("agent_disconnected")
                 if self._on_end:
                     await self._on_end(self)
                 log.info("call ended", extra={"frames_in": self.frames_in, "frames_out": self.frames_out,
                                               "duration_s": round(self.hangup_time - self.start_time, 3)})
 
-    async def hangup(self, reason: str, initiator: str) -> None:
+    async def hangup(self, reason: str, initiator: str, extra: dict | None = None) -> None:
         async with self._hangup_once:
             if self.hangup_time is not None:
                 return
-            if self.session:
-                await self.session.close()
+            await self.media.close(reason)
             self.hangup_time = time.time()
             log.info("hangup", extra={"reason": reason, "initiator": initiator})
             opt = self.option
+            event = ev.HangupEvent(
+                reason=reason, initiator=initiator,
+                start_time=iso(self.start_time), answer_time=iso(self.answer_time),
+                hangup_time=iso(self.hangup_time),
+                from_=ev.Attendee(username=opt.caller, source=self.path) if opt and opt.caller else None,
+                to=ev.Attendee(username=opt.callee) if opt and opt.callee else None,
+                extra=extra,
+            )
             async with self._send_lock:
                 try:
-                    await self.ws.send_text(ev.dump_event(ev.HangupEvent(
-                        reason=reason, initiator=initiator,
-                        start_time=iso(self.start_time), answer_time=iso(self.answer_time),
-                        hangup_time=iso(self.hangup_time),
-                        from_=ev.Attendee(username=opt.caller, source="websocket") if opt and opt.caller else None,
-                        to=ev.Attendee(username=opt.callee) if opt and opt.callee else None,
-                    )))
+                    await self.ws.send_text(ev.dump_event(event))
                     await self.ws.close(1000)
                 except (WebSocketDisconnect, RuntimeError, ConnectionError):
                     pass
@@ -127,17 +133,16 @@ class WsCall:
 
     async def _watchdog(self) -> None:
         """Handshake and inactivity timeouts."""
-        handshake = DEFAULT_HANDSHAKE_TIMEOUT_S
         while True:
-            await asyncio.sleep(0.5)
-            if self.session is None:
-                if time.time() - self.start_time > handshake:
+            await asyncio.sleep(0.25)
+            if self.option is None:
+                if time.time() - self.start_time > self.handshake_timeout_s:
                     await self.emit(ev.Error(sender="protocol", error="no invite within the handshake timeout", code=408))
                     await self.hangup("handshake_timeout", "server")
                     return
                 continue
-            limit = self.option.inactivity_timeout if self.option else None
-            if limit and time.monotonic() - self.session.last_audio_in > limit:
+            limit = self.option.inactivity_timeout
+            if limit and self.answered and time.monotonic() - self.media.last_activity > limit:
                 await self.hangup("inactivity_timeout", "server")
                 return
 
@@ -161,7 +166,7 @@ class WsCall:
         await self.emit(ev.Error(sender=sender, error=message, code=code))
 
     async def _on_audio(self, payload: bytes) -> None:
-        if self.session is None:
+        if not self.answered:
             await self._error("media", "audio before invite: send an invite command first", 409)
             return
         if len(payload) > MAX_AUDIO_FRAME_BYTES:
@@ -169,9 +174,11 @@ class WsCall:
             return
         self.frames_in += 1
         try:
-            self.session.feed(payload)
+            await self.media.feed(payload)
         except CodecError as exc:
             await self._error("media", str(exc), 400)
+        except ProtocolError as exc:
+            await self._error("media", exc.message, exc.code)
 
     async def _on_text(self, text: str) -> None:
         try:
@@ -187,51 +194,36 @@ class WsCall:
             await self._error("media", str(exc), 400)
 
     async def _dispatch(self, c: cmd.Command) -> None:
-        if isinstance(c, (cmd.Invite, cmd.Accept)):
-            if self.session is not None:
-                raise ProtocolError("call already answered", 409)
-            await self._answer(c.option)
-            return
         if isinstance(c, cmd.Hangup):
             await self.hangup(c.reason or "hangup", c.initiator or "agent")
             return
         if isinstance(c, cmd.History):
             await self.emit(ev.AddHistory(sender="agent", speaker=c.speaker, text=c.text))
             return
-        if self.session is None:
-            raise ProtocolError(f"'{c.command}' needs an answered call: send invite first", 409)
-        s = self.session
-        if isinstance(c, cmd.Tts):
-            if c.base64 or c.streaming:
-                raise ProtocolError("tts with base64 or streaming is not supported on this server yet", 501)
-            if not c.text.strip():
-                raise ProtocolError("tts text is empty", 422)
-            await s.tts(c)
-        elif isinstance(c, cmd.Interrupt):
-            await s.interrupt(graceful=c.graceful)
-        elif isinstance(c, cmd.Pause):
-            s.pause()
-        elif isinstance(c, cmd.Resume):
-            s.resume()
-        elif isinstance(c, (cmd.Mute, cmd.Unmute)):
-            on = isinstance(c, cmd.Mute)
-            if c.track_id in (None, self.call_id):
-                s.inbound_muted = on
-            if c.track_id is None or c.track_id != self.call_id:
-                s.outbound_muted = on
-        elif isinstance(c, cmd.Refer):
-            raise ProtocolError("refer needs a SIP call (/call/sip); this call's media is the WebSocket", 405)
-        elif isinstance(c, (cmd.Reject, cmd.Ringing)):
-            raise ProtocolError(f"'{c.command}' applies to inbound SIP calls only", 405)
-        else:
-            raise ProtocolError(f"'{c.command}' is not supported on /call yet", 501)
+        if isinstance(c, cmd.Invite):
+            if self.option is not None:
+                raise ProtocolError("call already set up: one invite per call", 409)
+            self.option = c.option
+            try:
+                answer = await self.media.start(c.option)
+            except ProtocolError:
+                self.option = None
+                raise
+            if answer is not None:
+                await self.emit(answer)
+            return
+        if self.option is None and not isinstance(c, (cmd.Accept, cmd.Reject, cmd.Ringing)):
+            raise ProtocolError(f"'{c.command}' needs a call: send invite first", 409)
+        if not self.answered and isinstance(c, (cmd.Tts, cmd.Play, cmd.Interrupt, cmd.Pause, cmd.Resume, cmd.Refer)):
+            raise ProtocolError(f"'{c.command}' needs an answered call", 409)
+        await self.media.command(c)
 
-    async def _answer(self, option: cmd.CallOption) -> None:
-        self.option = option
-        self.session = MediaSession(self.call_id, option, self.services, self, self.media_config)
-        self.session.start()
+    async def _answered(self) -> None:
+        self.answered = True
         self.answer_time = time.time()
-        log.info("answered", extra={"codec": option.codec, "caller": option.caller, "callee": option.callee})
-        await self.emit(ev.Answer(track_id=self.call_id))
+        opt = self.option
+        log.info("answered", extra={"codec": opt.codec if opt else None,
+                                    "caller": opt.caller if opt else None,
+                                    "callee": opt.callee if opt else None})
         if self._on_answer:
             await self._on_answer(self)

@@ -1,0 +1,68 @@
+"""The UA node as a Ray actor (one per node; see cluster/placement.py)."""
+
+from __future__ import annotations
+
+import ray
+
+from voxray.logs import get_logger
+from voxray.ua_node.media.session import MediaConfig
+from voxray.ua_node.node import CommandResult, UaNodeCore
+
+log = get_logger("voxray.ua_node")
+
+
+@ray.remote(num_cpus=0.25, max_restarts=-1)
+class UaNode:
+    """Async actor: every method runs on one event loop, as the media sessions do."""
+
+    def __init__(self, app_name: str = "voxray", media: dict | None = None,
+                 transports: dict | None = None) -> None:
+        from ray import serve
+
+        from voxray.deployments.services import ServeModelServices
+
+        services = ServeModelServices(
+            serve.get_deployment_handle("VadDeployment", app_name),
+            serve.get_deployment_handle("AsrDeployment", app_name),
+            serve.get_deployment_handle("TtsDeployment", app_name),
+        )
+        self.core = UaNodeCore(services, MediaConfig(**(media or {})))
+        self._transport_config = transports or {}
+        self.node_id = ray.get_runtime_context().get_node_id()
+
+    async def ready(self) -> dict:
+        # Transports that bind sockets or start threads come up on the actor's loop.
+        await self._setup_transports()
+        return {"node_id": self.node_id, "transports": sorted(self.core.transports)}
+
+    async def _setup_transports(self) -> None:
+        if "webrtc" not in self.core.transports:
+            try:
+                from voxray.ua_node.webrtc import register as register_webrtc
+            except ImportError:
+                register_webrtc = None
+            if register_webrtc is not None:
+                register_webrtc(self.core, self._transport_config.get("webrtc", {}))
+        if "sip" not in self.core.transports:
+            try:
+                from voxray.ua_node.sip import register as register_sip
+            except ImportError:
+                register_sip = None
+            if register_sip is not None:
+                await register_sip(self.core, self._transport_config.get("sip", {}))
+
+    async def open_call(self, call_id: str, kind: str, option: dict) -> CommandResult:
+        await self._setup_transports()
+        return await self.core.open_call(call_id, kind, option)
+
+    async def command(self, call_id: str, command_json: str) -> CommandResult:
+        return await self.core.command(call_id, command_json)
+
+    async def next_events(self, call_id: str, timeout_s: float = 10.0) -> list[str] | None:
+        return await self.core.next_events(call_id, timeout_s)
+
+    async def end_call(self, call_id: str, reason: str, initiator: str) -> None:
+        await self.core.end_call(call_id, reason, initiator)
+
+    async def list_calls(self) -> list[dict]:
+        return self.core.list_calls()

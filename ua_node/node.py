@@ -1,0 +1,144 @@
+"""The UA node: one per Ray node, holding the SIP/RTP and WebRTC calls that node serves.
+
+Each call here pairs a network transport with a MediaSession; the models are
+reached through Serve handles (VAD batched across this node's calls). The agent's
+WebSocket stays on the ingress, which forwards commands here and long-polls
+events back (a batch per poll, never a call per audio frame).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from pydantic import BaseModel
+
+from voxray.deployments.call_media import SessionSink, apply_command
+from voxray.logs import bind_call, get_logger
+from voxray.protocol import commands as cmd
+from voxray.protocol import events as ev
+from voxray.protocol.errors import ProtocolError
+from voxray.ua_node.media.session import MediaConfig, MediaSession, ModelServices
+from voxray.ua_node.transport import MediaTransport
+
+log = get_logger("voxray.ua_node")
+
+# Opens a transport for a new call: (call_id, option) -> (transport, answer event or None)
+TransportFactory = Callable[[str, cmd.CallOption], Awaitable[tuple[MediaTransport, ev.EventBase | None]]]
+
+
+class CommandResult(BaseModel):
+    ok: bool = True
+    error: str | None = None
+    code: int | None = None
+
+
+class NodeCall:
+    def __init__(self, call_id: str, kind: str, option: cmd.CallOption) -> None:
+        self.call_id = call_id
+        self.kind = kind
+        self.option = option
+        self.events: asyncio.Queue[str] = asyncio.Queue()
+        self.transport: MediaTransport | None = None
+        self.session: MediaSession | None = None
+        self.ended = False
+        self.created = time.time()
+
+    async def emit(self, event: ev.EventBase) -> None:
+        self.events.put_nowait(ev.dump_event(event))
+
+
+class UaNodeCore:
+    """The node's calls and their life cycle, without Ray (tests drive it directly)."""
+
+    def __init__(self, services: ModelServices, media_config: MediaConfig | None = None) -> None:
+        self.services = services
+        self.media_config = media_config or MediaConfig()
+        self.calls: dict[str, NodeCall] = {}
+        self.transports: dict[str, TransportFactory] = {}
+
+    def register_transport(self, kind: str, factory: TransportFactory) -> None:
+        self.transports[kind] = factory
+
+    async def open_call(self, call_id: str, kind: str, option: dict) -> CommandResult:
+        if call_id in self.calls:
+            return CommandResult(ok=False, error=f"call id '{call_id}' is in use", code=409)
+        factory = self.transports.get(kind)
+        if factory is None:
+            return CommandResult(ok=False, error=f"this node has no '{kind}' transport", code=501)
+        call = NodeCall(call_id, kind, cmd.CallOption.model_validate(option))
+        self.calls[call_id] = call
+        with bind_call(call_id):
+            try:
+                transport, answer = await factory(call_id, call.option)
+            except ProtocolError as exc:
+                self.calls.pop(call_id, None)
+                return CommandResult(ok=False, error=exc.message, code=exc.code)
+            self.attach(call, transport)
+            if answer is not None:
+                await call.emit(answer)
+            log.info("call opened", extra={"kind": kind})
+        return CommandResult()
+
+    def attach(self, call: NodeCall, transport: MediaTransport) -> None:
+        """Start the media session of a call whose transport is up."""
+        call.transport = transport
+        # The transport speaks 16 kHz PCM to the session; codecs live in the transport.
+        option = call.option.model_copy(update={"codec": "pcm"})
+        sink = SessionSink(call.emit, transport.send_audio,
+                           lambda reason, initiator: self.end_call(call.call_id, reason, initiator))
+        call.session = MediaSession(call.call_id, option, self.services, sink, self.media_config)
+        transport.on_audio = call.session.feed
+        transport.on_closed = lambda reason, initiator: asyncio.get_running_loop().create_task(
+            self.end_call(call.call_id, reason, initiator))
+        transport.on_dtmf = lambda digit: call.events.put_nowait(
+            ev.dump_event(ev.Dtmf(track_id=call.call_id, digit=digit)))
+        call.session.start()
+
+    async def command(self, call_id: str, command_json: str) -> CommandResult:
+        call = self.calls.get(call_id)
+        if call is None or call.ended:
+            return CommandResult(ok=False, error=f"no active call '{call_id}' on this node", code=404)
+        try:
+            c = cmd.parse_command(command_json)
+            if call.session is None:
+                raise ProtocolError(f"'{c.command}' needs an answered call", 409)
+            with bind_call(call_id):
+                await apply_command(call.session, c, call_id)
+        except ProtocolError as exc:
+            return CommandResult(ok=False, error=exc.message, code=exc.code)
+        return CommandResult()
+
+    async def next_events(self, call_id: str, timeout_s: float = 10.0) -> list[str] | None:
+        """Events since the last poll; waits up to timeout_s for the first. None: call gone."""
+        call = self.calls.get(call_id)
+        if call is None:
+            return None
+        try:
+            first = await asyncio.wait_for(call.events.get(), timeout_s)
+        except asyncio.TimeoutError:
+            return None if call.ended and call.events.empty() else []
+        out = [first]
+        while not call.events.empty():
+            out.append(call.events.get_nowait())
+        if call.ended and call.events.empty():
+            self.calls.pop(call_id, None)
+        return out
+
+    async def end_call(self, call_id: str, reason: str, initiator: str) -> None:
+        call = self.calls.get(call_id)
+        if call is None or call.ended:
+            return
+        call.ended = True
+        with bind_call(call_id):
+            if call.session:
+                await call.session.close()
+            if call.transport:
+                await call.transport.close()
+            log.info("call closed", extra={"reason": reason, "initiator": initiator})
+        # The ingress turns this into the agent's `hangup` event with its own timings.
+        await call.emit(ev.HangupEvent(track_id=call_id, reason=reason, initiator=initiator))
+
+    def list_calls(self) -> list[dict]:
+        return [{"id": c.call_id, "kind": c.kind, "created": c.created} for c in self.calls.values() if not c.ended]
