@@ -40,10 +40,17 @@ class CallMedia(Protocol):
 class SessionSink:
     """Routes a MediaSession's output: events and hangups to the agent, audio to a transport."""
 
-    def __init__(self, emit: Emit, send_audio: SendAudio, hangup: Hangup) -> None:
+    def __init__(self, emit: Emit, send_audio: SendAudio, hangup: Hangup,
+                 clear_audio: Callable[[], None] | None = None) -> None:
         self.emit = emit
         self.send_audio = send_audio
         self._hangup = hangup
+        self._clear = clear_audio
+
+    def clear_audio(self) -> None:
+        """Drop audio queued toward the caller (barge-in must cut it at once)."""
+        if self._clear is not None:
+            self._clear()
 
     async def request_hangup(self, reason: str, initiator: str) -> None:
         await self._hangup(reason, initiator)
@@ -52,11 +59,11 @@ class SessionSink:
 async def apply_command(session: MediaSession, c: cmd.Command, call_id: str) -> None:
     """The commands every media session understands, whatever carries its audio."""
     if isinstance(c, cmd.Tts):
-        if c.base64 or c.streaming:
-            raise ProtocolError("tts with base64 or streaming is not supported on this server yet", 501)
-        if not c.text.strip():
+        if not c.text.strip() and not (c.streaming and c.end_of_stream):
             raise ProtocolError("tts text is empty", 422)
         await session.tts(c)
+    elif isinstance(c, cmd.Play):
+        await session.play(c)
     elif isinstance(c, cmd.Interrupt):
         await session.interrupt(graceful=c.graceful)
     elif isinstance(c, cmd.Pause):

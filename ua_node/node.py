@@ -26,6 +26,8 @@ log = get_logger("voxray.ua_node")
 
 # Opens a transport for a new call: (call_id, option) -> (transport, answer event or None)
 TransportFactory = Callable[[str, cmd.CallOption], Awaitable[tuple[MediaTransport, ev.EventBase | None]]]
+# Handles a command itself (True) or leaves it to the media session (False).
+CommandHandler = Callable[["NodeCall", cmd.Command], Awaitable[bool]]
 
 
 class CommandResult(BaseModel):
@@ -57,9 +59,35 @@ class UaNodeCore:
         self.media_config = media_config or MediaConfig()
         self.calls: dict[str, NodeCall] = {}
         self.transports: dict[str, TransportFactory] = {}
+        self.command_handlers: dict[str, CommandHandler] = {}
+        self.shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
 
     def register_transport(self, kind: str, factory: TransportFactory) -> None:
         self.transports[kind] = factory
+
+    def register_command_handler(self, kind: str, handler: CommandHandler) -> None:
+        """Commands a transport handles itself (SIP: accept/reject/ringing/refer) before the session."""
+        self.command_handlers[kind] = handler
+
+    def add_shutdown_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
+        self.shutdown_hooks.append(hook)
+
+    def add_call(self, call: NodeCall) -> None:
+        """A call a transport created before any agent (inbound SIP); the agent attaches later."""
+        self.calls[call.call_id] = call
+
+    def has_call(self, call_id: str) -> bool:
+        call = self.calls.get(call_id)
+        return call is not None and not call.ended
+
+    async def shutdown(self) -> None:
+        for call_id in [c.call_id for c in self.calls.values() if not c.ended]:
+            await self.end_call(call_id, "shutdown", "system")
+        for hook in self.shutdown_hooks:
+            try:
+                await hook()
+            except Exception as exc:
+                log.warning("shutdown hook failed", extra={"error": repr(exc)})
 
     async def open_call(self, call_id: str, kind: str, option: dict) -> CommandResult:
         if call_id in self.calls:
@@ -87,7 +115,8 @@ class UaNodeCore:
         # The transport speaks 16 kHz PCM to the session; codecs live in the transport.
         option = call.option.model_copy(update={"codec": "pcm"})
         sink = SessionSink(call.emit, transport.send_audio,
-                           lambda reason, initiator: self.end_call(call.call_id, reason, initiator))
+                           lambda reason, initiator: self.end_call(call.call_id, reason, initiator),
+                           clear_audio=transport.clear_output)
         call.session = MediaSession(call.call_id, option, self.services, sink, self.media_config)
         transport.on_audio = call.session.feed
         transport.on_closed = lambda reason, initiator: asyncio.get_running_loop().create_task(
@@ -102,6 +131,11 @@ class UaNodeCore:
             return CommandResult(ok=False, error=f"no active call '{call_id}' on this node", code=404)
         try:
             c = cmd.parse_command(command_json)
+            handler = self.command_handlers.get(call.kind)
+            if handler is not None:
+                with bind_call(call_id):
+                    if await handler(call, c):
+                        return CommandResult()
             if call.session is None:
                 raise ProtocolError(f"'{c.command}' needs an answered call", 409)
             with bind_call(call_id):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from voxray.ua_node.sip.config import SipSettings
+
 
 class ModelsConfig(BaseModel):
     asr_provider: str = "whisper"
@@ -23,6 +25,9 @@ class MediaSettings(BaseModel):
     ptime_ms: int = 20
     vad_chunk_windows: int = Field(2, ge=1, le=16)
     end_silence_ms: int = Field(480, ge=96, le=5000)
+    play_dirs: list[str] = Field(default_factory=list, description="folders `play` may read files from")
+    play_cache_dir: str | None = None
+    play_allow_private_urls: bool = False
 
 
 class Scaling(BaseModel):
@@ -54,6 +59,7 @@ class Transports(BaseModel):
     """Settings handed to each UA node's transports."""
 
     webrtc: WebRtcSettings = Field(default_factory=WebRtcSettings)
+    sip: SipSettings = Field(default_factory=SipSettings)
 
 
 class VoxrayConfig(BaseModel):

@@ -18,6 +18,7 @@ class Track:
     play_id: str
     sample_rate: int
     auto_hangup: bool = False
+    wait_input_timeout: float | None = None
     text: str = ""
     chunks: deque = field(default_factory=deque)
     buffered: int = 0  # samples waiting
@@ -25,6 +26,7 @@ class Track:
     played: int = 0  # samples sent
     feeding_done: bool = False
     started: bool = False
+    started_at: float = 0.0  # monotonic time of the first frame
     failed: str | None = None
 
     def feed(self, pcm: np.ndarray) -> None:

@@ -63,6 +63,15 @@ class VadSegmenter:
     def speaking(self) -> bool:
         return self._speaking
 
+    @property
+    def utterance_ms(self) -> int:
+        """Length of the utterance in progress (0 when not speaking)."""
+        return int(len(self._utt) * WINDOW_MS) if self._speaking else 0
+
+    def snapshot(self) -> np.ndarray:
+        """The utterance so far, for partial transcripts."""
+        return np.concatenate(self._utt) if self._speaking and self._utt else np.zeros(0, np.int16)
+
     def _ms(self, window_index: int) -> int:
         return int(window_index * WINDOW_MS)
 

@@ -29,6 +29,8 @@ class TranscriptionOption(WireModel):
     endpoint: str | None = None
     extra: dict[str, Any] | None = None
     start_when_answer: bool | None = None
+    # ext: re-decode the growing utterance this often for asrDelta partials (0 = off).
+    partial_interval_ms: int = Field(1000, ge=0, le=10_000)
 
 
 class VADOption(WireModel):
@@ -96,6 +98,15 @@ class ReferOption(WireModel):
     sip: SipOption | None = None
 
 
+class BargeInOption(WireModel):
+    """ext: when caller speech cuts the agent's audio short."""
+
+    enabled: bool = True
+    min_speech_ms: int = Field(160, ge=32, le=5000, description="sustained speech needed to barge in")
+    ignore_ms: int = Field(400, ge=0, le=10_000, description="no barge-in this soon after playback starts")
+    echo_guard: float = Field(0.1, ge=0.0, le=0.5, description="extra VAD margin while we speak (echo)")
+
+
 class CallOption(WireModel):
     caller: str | None = None
     callee: str | None = None
@@ -114,3 +125,6 @@ class CallOption(WireModel):
     enable_ipv6: bool | None = None
     sip: SipOption | None = None
     extra: dict[str, Any] | None = None
+    # ext
+    barge_in: BargeInOption = Field(default_factory=BargeInOption)
+    answer_machine_detection: bool = False

@@ -1,0 +1,57 @@
+"""Cuts streamed LLM tokens into speakable pieces. Pure logic, no I/O.
+
+The first piece is cut early (at a clause) so speech starts while the model is
+still writing; later pieces are whole sentences, which sound more natural.
+"""
+
+from __future__ import annotations
+
+import re
+
+_SENTENCE_END = re.compile(r"[.!?;:。！？]+[\"')\]]*(?=\s|$)")
+_CLAUSE_END = re.compile(r"[,，—–-]+(?=\s)")
+
+
+class TextChunker:
+    def __init__(self, first_clause_min_chars: int = 24, max_chars: int = 220) -> None:
+        self._buf = ""
+        self._emitted = 0
+        self.first_clause_min_chars = first_clause_min_chars
+        self.max_chars = max_chars
+
+    def push(self, tokens: str) -> list[str]:
+        """Add tokens; return the pieces that are complete now."""
+        self._buf += tokens
+        out: list[str] = []
+        while True:
+            piece = self._next_piece()
+            if piece is None:
+                return out
+            out.append(piece)
+
+    def flush(self) -> list[str]:
+        """End of stream: whatever is left is the last piece."""
+        rest, self._buf = self._buf.strip(), ""
+        return [rest] if rest else []
+
+    def _next_piece(self) -> str | None:
+        cut = None
+        m = _SENTENCE_END.search(self._buf)
+        if m:
+            cut = m.end()
+        elif self._emitted == 0:
+            for c in _CLAUSE_END.finditer(self._buf):
+                if c.end() >= self.first_clause_min_chars:
+                    cut = c.end()
+                    break
+        if cut is None and len(self._buf) > self.max_chars:
+            # A run-on without punctuation: cut at the last space so speech never stalls.
+            space = self._buf.rfind(" ", 0, self.max_chars)
+            cut = space if space > 0 else self.max_chars
+        if cut is None:
+            return None
+        piece, self._buf = self._buf[:cut].strip(), self._buf[cut:]
+        if not piece:
+            return None
+        self._emitted += 1
+        return piece
