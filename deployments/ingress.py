@@ -13,6 +13,7 @@ from voxray.deployments.registry import CallInfo
 from voxray.deployments.services import ServeModelServices
 from voxray.deployments.agent_channel import AgentChannel, iso
 from voxray.deployments.call_media import LocalMedia
+from voxray.deployments.console import router as console_router
 from voxray.deployments.remote_media import RemoteMedia
 from voxray.logs import get_logger
 from voxray.protocol.events import Error, dump_event
@@ -21,6 +22,7 @@ from voxray.ua_node.media.session import MediaConfig
 log = get_logger("voxray.ingress")
 
 api = FastAPI(title="voxray", description="Voice-agent calls over WebSocket; see PROTOCOL.md.")
+api.include_router(console_router)  # GET /console: the WebRTC softphone page
 
 
 @serve.deployment(

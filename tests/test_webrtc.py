@@ -1,0 +1,106 @@
+"""WebRTC calls on Ray Serve, aiortc to aiortc: an offer in `invite`, SRTP audio both ways."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import SENTENCE
+from tests.rtcpeer import RtcPeer
+from tests.test_models import wer
+from tests.wsclient import CallClient
+
+pytestmark = pytest.mark.e2e
+
+VIDEO_ONLY_OFFER = (
+    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+    "m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:96 VP8/90000\r\n"
+)
+
+
+async def _call(server: str, peer: RtcPeer) -> CallClient:
+    """Connect as the agent, invite with the peer's offer, and hand the peer the answer."""
+    client = await CallClient.connect(f"ws://{server}/call/webrtc")
+    await client.send({"command": "invite", "option": {"caller": "rtc-tester", "offer": await peer.offer()}})
+    answer = await client.wait_for("answer", timeout=60)
+    assert answer["sdp"].startswith("v=0") and "m=audio" in answer["sdp"]
+    await peer.accept(answer["sdp"])
+    return client
+
+
+def _rms(pcm: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) if pcm.size else 0.0
+
+
+async def test_webrtc_speech_becomes_asr_final_and_tts_comes_back_over_srtp(voxray_server, speech16k):
+    # Half a second of lead-in: the first packets go out while DTLS is still settling.
+    peer = RtcPeer(np.concatenate([np.zeros(8000, np.int16), speech16k]))
+    client = await _call(voxray_server, peer)
+    try:
+        final = await client.wait_for("asrFinal", timeout=90)
+        assert wer(SENTENCE, final["text"]) <= 0.5, final["text"]
+        assert "speaking" in client.names()[:client.names().index("asrFinal")]
+
+        calls = httpx.get(f"http://{voxray_server}/call/lists", timeout=10).json()["calls"]
+        assert any(c["path"] == "/call/webrtc" and c["caller"] == "rtc-tester" for c in calls), calls
+
+        n, heard_from = len(client.events), len(peer.heard)
+        await client.send({"command": "tts", "text": "Sure, a table for two at seven.", "playId": "r1"})
+        await client.wait_for("trackStart", timeout=60, after=n, playId="r1")
+        end = await client.wait_for("trackEnd", timeout=60, after=n, playId="r1")
+        assert end["duration"] > 500
+        await asyncio.sleep(0.5)  # the last packets and the receiver's jitter buffer
+        heard = peer.heard_since(heard_from)
+        assert heard.size > peer.heard_rate, "less than a second of audio came back"
+        assert _rms(heard) > 300 and np.abs(heard).max() > 3000, f"TTS audio is silent (rms {_rms(heard):.0f})"
+
+        await client.send({"command": "hangup", "reason": "done"})
+        hangup = await client.wait_for("hangup", timeout=20)
+        assert hangup["reason"] == "done" and hangup["initiator"] == "agent"
+    finally:
+        await client.close()
+        await peer.close()
+
+
+async def test_peer_going_away_hangs_the_call_up(voxray_server):
+    peer = RtcPeer(np.zeros(16000, np.int16))
+    client = await _call(voxray_server, peer)
+    try:
+        await asyncio.sleep(1.0)
+        await peer.close()
+        hangup = await client.wait_for("hangup", timeout=60)
+        assert hangup["initiator"] == "caller", hangup
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("offer, says", [
+    (None, "must hold the caller's SDP offer"),
+    ("not sdp at all", "is not SDP"),
+    (VIDEO_ONLY_OFFER, "no audio m-line"),
+    ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n", "refused"),
+])
+async def test_bad_offer_gets_an_error_and_the_socket_stays_usable(voxray_server, offer, says):
+    client = await CallClient.connect(f"ws://{voxray_server}/call/webrtc")
+    peer = RtcPeer(np.zeros(1600, np.int16))
+    try:
+        option = {"caller": "bad"} | ({"offer": offer} if offer is not None else {})
+        await client.send({"command": "invite", "option": option})
+        err = await client.wait_for("error", timeout=60)
+        assert err["code"] == 400 and says in err["error"], err
+        # Same socket: a good offer now sets the call up.
+        await client.send({"command": "invite", "option": {"caller": "good", "offer": await peer.offer()}})
+        await client.wait_for("answer", timeout=60)
+        await client.send({"command": "hangup"})
+        await client.wait_for("hangup", timeout=20)
+    finally:
+        await client.close()
+        await peer.close()
+
+
+async def test_iceservers_returns_a_list(voxray_server):
+    r = httpx.get(f"http://{voxray_server}/iceservers", timeout=10)
+    assert r.status_code == 200 and isinstance(r.json(), list)
