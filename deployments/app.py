@@ -16,10 +16,11 @@ from voxray.deployments.vad import VadDeployment
 def build_app(config: VoxrayConfig) -> Application:
     opts = deployment_options(config)
     vad = VadDeployment.options(**opts["vad"]).bind(config.models.silero_vad)
+    providers = config.providers.model_dump()
     asr = AsrDeployment.options(**opts["asr"]).bind(
-        config.models.asr_provider, config.models.whisper_model, config.models.whisper_threads
+        providers, config.models.whisper_model, config.models.whisper_threads
     )
-    tts = TtsDeployment.options(**opts["tts"]).bind(config.models.tts_provider, config.models.piper_voice)
+    tts = TtsDeployment.options(**opts["tts"]).bind(providers, config.models.piper_voice)
     registry = CallRegistry.bind()
     return Ingress.options(**opts["ingress"]).bind(
         vad, asr, tts, registry, config.media.model_dump(), config.transports.model_dump(),

@@ -2,45 +2,48 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 from ray import serve
 
 from voxray.deployments.messages import AsrRequest, AsrResult
 from voxray.logs import bind_call, get_logger
-from voxray.providers.base import AsrProvider, ProviderError
-from voxray.providers.whisper_local import WhisperLocal
+from voxray.providers.catalog import ProvidersConfig, build_asr
+from voxray.providers.fallback import AsrChain
 
 log = get_logger("voxray.asr")
 
 
+def make_asr_chain(providers: ProvidersConfig, default_model: str | None = None,
+                   default_threads: int = 2) -> AsrChain:
+    built = []
+    for spec in providers.asr:
+        if spec.kind == "whisper":
+            spec = spec.model_copy(update={"model_path": spec.model_path or default_model,
+                                           "cpu_threads": default_threads})
+        p = build_asr(spec)
+        p.load()
+        built.append(p)
+    return AsrChain(built, {s.name: s.timeout_s for s in providers.asr}, providers.retries)
+
+
+async def transcribe_request(chain: AsrChain, req: AsrRequest) -> AsrResult:
+    t, name, failures = await chain.transcribe(
+        np.frombuffer(req.pcm, dtype="<i2"), req.language, req.provider, req.creds)
+    return AsrResult(text=t.text, provider=name, language=t.language, audio_s=t.audio_s,
+                     compute_s=t.compute_s, failures=failures)
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
 class AsrDeployment:
-    def __init__(self, default_provider: str = "whisper", whisper_model: str | None = None,
+    def __init__(self, providers: dict | None = None, whisper_model: str | None = None,
                  cpu_threads: int = 2) -> None:
-        self._providers: dict[str, AsrProvider] = {
-            "whisper": WhisperLocal(model_path=whisper_model, cpu_threads=cpu_threads),
-        }
-        self._default = default_provider
         # The replica reports ready only once every model is in memory.
-        for p in self._providers.values():
-            p.load()
-        log.info("asr providers loaded", extra={"providers": list(self._providers)})
+        self.chain = make_asr_chain(ProvidersConfig.model_validate(providers or {}), whisper_model, cpu_threads)
+        log.info("asr providers loaded", extra={"providers": self.chain.names})
 
     async def transcribe(self, req: AsrRequest) -> AsrResult:
-        name = req.provider or self._default
-        provider = self._providers.get(name)
-        if provider is None:
-            raise ProviderError(f"unknown ASR provider '{name}' (have: {', '.join(self._providers)})")
         with bind_call(req.call_id):
-            result = await transcribe_request(provider, req)
-            log.info("transcribed", extra={"provider": name, "audio_s": round(result.audio_s, 3),
+            result = await transcribe_request(self.chain, req)
+            log.info("transcribed", extra={"provider": result.provider, "audio_s": round(result.audio_s, 3),
                                            "compute_s": round(result.compute_s, 3)})
         return result
-
-
-async def transcribe_request(provider: AsrProvider, req: AsrRequest) -> AsrResult:
-    t = await provider.transcribe(np.frombuffer(req.pcm, dtype="<i2"), req.language)
-    return AsrResult(text=t.text, provider=provider.name, language=t.language,
-                     audio_s=t.audio_s, compute_s=t.compute_s)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from voxray.providers.base import CallCredentials
+
 
 class VadChunk(BaseModel):
     """Audio of one stream plus the stream's model state, so any replica can serve it."""
@@ -35,6 +37,7 @@ class AsrRequest(BaseModel):
     pcm: bytes  # int16 LE mono 16 kHz
     language: str | None = None
     provider: str | None = None
+    creds: CallCredentials | None = None
 
 
 class AsrResult(BaseModel):
@@ -43,6 +46,7 @@ class AsrResult(BaseModel):
     language: str | None = None
     audio_s: float = 0.0
     compute_s: float = 0.0
+    failures: list[str] = Field(default_factory=list)  # providers that failed before this one
 
 
 class TtsRequest(BaseModel):
@@ -52,9 +56,11 @@ class TtsRequest(BaseModel):
     speed: float = 1.0
     speaker: str | None = None
     provider: str | None = None
+    creds: CallCredentials | None = None
 
 
 class TtsAudio(BaseModel):
     pcm: bytes  # int16 LE mono at the requested rate
     sample_rate: int
     provider: str
+    failures: list[str] = Field(default_factory=list)  # on the first chunk: providers that failed first

@@ -11,9 +11,10 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from voxray.deployments.messages import (
-    AsrRequest, AsrResult, TtsAudio, TtsRequest, VadBatch, VadChunk, VadChunkResult,
+    AsrRequest, AsrResult, TtsAudio, TtsRequest, VadBatch, VadBatchResult, VadChunk, VadChunkResult,
 )
 from voxray.deployments.vad_batcher import VadBatcher
+from voxray.providers.catalog import ProvidersConfig
 
 
 class ServeModelServices:
@@ -34,22 +35,19 @@ class ServeModelServices:
 
 
 class LocalModelServices:
-    """The real models in this process (no Ray)."""
+    """The real models (and any configured cloud providers) in this process, no Ray."""
 
-    def __init__(self) -> None:
+    def __init__(self, providers: ProvidersConfig | None = None) -> None:
+        from voxray.deployments.asr import make_asr_chain
         from voxray.deployments.silero import SileroBatch
-        from voxray.providers.piper_local import PiperLocal
-        from voxray.providers.whisper_local import WhisperLocal
+        from voxray.deployments.tts import make_tts_chain
 
+        providers = providers or ProvidersConfig()
         self._silero = SileroBatch()
-        self._whisper = WhisperLocal()
-        self._piper = PiperLocal()
-        self._whisper.load()
-        self._piper.load()
+        self.asr_chain = make_asr_chain(providers)
+        self.tts_chain = make_tts_chain(providers)
 
-        async def infer(batch: VadBatch):
-            from voxray.deployments.messages import VadBatchResult
-
+        async def infer(batch: VadBatch) -> VadBatchResult:
             return VadBatchResult(results=await asyncio.to_thread(self._silero.run, batch.chunks))
 
         self.vad_batcher = VadBatcher(infer)
@@ -60,10 +58,10 @@ class LocalModelServices:
     async def transcribe(self, req: AsrRequest) -> AsrResult:
         from voxray.deployments.asr import transcribe_request
 
-        return await transcribe_request(self._whisper, req)
+        return await transcribe_request(self.asr_chain, req)
 
     async def synthesize(self, req: TtsRequest) -> AsyncIterator[TtsAudio]:
         from voxray.deployments.tts import synthesize_at_rate
 
-        async for audio in synthesize_at_rate(self._piper, req):
+        async for audio in synthesize_at_rate(self.tts_chain, req):
             yield audio

@@ -21,22 +21,30 @@ class Transcript(BaseModel):
     compute_s: float = 0.0
 
 
+class CallCredentials(BaseModel):
+    """Per-call overrides the agent may pass (`asr`/`tts` options): endpoint, key, model."""
+
+    endpoint: str | None = None
+    secret_key: str | None = None
+    model: str | None = None
+
+
 class AsrProvider(ABC):
     name: str
 
     @abstractmethod
     def load(self) -> None:
-        """Load models (blocking); called once when the replica starts."""
+        """Load models or open clients (blocking); called once when the replica starts."""
 
     @abstractmethod
-    async def transcribe(self, pcm16k: np.ndarray, language: str | None = None) -> Transcript:
+    async def transcribe(self, pcm16k: np.ndarray, language: str | None = None,
+                         creds: CallCredentials | None = None) -> Transcript:
         """Transcribe one utterance of int16 mono 16 kHz audio."""
 
 
 class TtsChunk(BaseModel):
     pcm: bytes  # int16 little-endian mono
     sample_rate: int
-    text: str = ""  # the text this chunk speaks (for subtitles)
 
 
 class TtsProvider(ABC):
@@ -44,11 +52,12 @@ class TtsProvider(ABC):
 
     @abstractmethod
     def load(self) -> None:
-        """Load models (blocking); called once when the replica starts."""
+        """Load models or open clients (blocking); called once when the replica starts."""
 
     @abstractmethod
-    def synthesize(self, text: str, speed: float = 1.0, speaker: str | None = None) -> AsyncIterator[TtsChunk]:
-        """Yield audio chunks as they are ready (per sentence for local voices)."""
+    def synthesize(self, text: str, speed: float = 1.0, speaker: str | None = None,
+                   creds: CallCredentials | None = None) -> AsyncIterator[TtsChunk]:
+        """Yield audio chunks as they are ready."""
 
 
 class ProviderError(RuntimeError):

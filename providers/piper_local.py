@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from voxray.providers.base import ProviderError, TtsChunk, TtsProvider
+from voxray.providers.base import CallCredentials, ProviderError, TtsChunk, TtsProvider
 from voxray.providers.model_paths import piper_voice_path
 
 _DONE = object()
@@ -23,7 +23,8 @@ class PiperLocal(TtsProvider):
 
         self._voice = PiperVoice.load(self.voice_path)
 
-    async def synthesize(self, text: str, speed: float = 1.0, speaker: str | None = None) -> AsyncIterator[TtsChunk]:
+    async def synthesize(self, text: str, speed: float = 1.0, speaker: str | None = None,
+                         creds: CallCredentials | None = None) -> AsyncIterator[TtsChunk]:
         if self._voice is None:
             raise ProviderError("piper voice not loaded")
         from piper import SynthesisConfig

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from voxray.providers.base import AsrProvider, ProviderError, Transcript
+from voxray.providers.base import AsrProvider, CallCredentials, ProviderError, Transcript
 from voxray.providers.model_paths import whisper_model_path
 
 
@@ -41,7 +41,8 @@ class WhisperLocal(AsrProvider):
         text = " ".join(s.text.strip() for s in segments).strip()
         return text, info.language
 
-    async def transcribe(self, pcm16k: np.ndarray, language: str | None = None) -> Transcript:
+    async def transcribe(self, pcm16k: np.ndarray, language: str | None = None,
+                         creds: CallCredentials | None = None) -> Transcript:
         if self._model is None:
             raise ProviderError("whisper model not loaded")
         audio = pcm16k.astype(np.float32) / 32768.0

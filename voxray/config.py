@@ -9,12 +9,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from voxray.providers.catalog import ProvidersConfig
+
 from voxray.ua_node.sip.config import SipSettings
 
 
 class ModelsConfig(BaseModel):
-    asr_provider: str = "whisper"
-    tts_provider: str = "piper"
+    """Local model files; providers of kind whisper/piper use these unless they name their own."""
+
     whisper_model: str | None = Field(None, description="CTranslate2 Whisper folder; default tiny.en")
     whisper_threads: int = 2
     piper_voice: str | None = Field(None, description="Piper .onnx voice; default en_US-joe-medium")
@@ -66,6 +68,7 @@ class VoxrayConfig(BaseModel):
     transports: Transports = Field(default_factory=Transports)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    providers: ProvidersConfig = Field(default_factory=ProvidersConfig)
     media: MediaSettings = Field(default_factory=MediaSettings)
     ingress: Scaling = Field(default_factory=lambda: Scaling(target_ongoing_requests=50))
     vad: Scaling = Field(default_factory=lambda: Scaling(target_ongoing_requests=4))

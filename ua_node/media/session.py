@@ -27,6 +27,7 @@ from voxray.logs import bind_call, get_logger
 from voxray.protocol import events as ev
 from voxray.protocol.commands import Play, Tts
 from voxray.protocol.errors import ProtocolError
+from voxray.providers.base import CallCredentials
 from voxray.protocol.options import CallOption
 from voxray.ua_node.media import amd
 from voxray.ua_node.media.audio_source import AudioSourcePolicy, load_audio
@@ -261,6 +262,8 @@ class MediaSession:
             call_id=self.call_id, pcm=pcm.astype("<i2").tobytes(),
             language=asr.language if asr else None,
             provider=(asr.provider if asr and asr.provider else self.config.asr_provider),
+            creds=CallCredentials(endpoint=asr.endpoint, secret_key=asr.secret_key,
+                                  model=asr.model_type) if asr else None,
         )
 
     def _maybe_partial(self) -> None:
@@ -305,6 +308,8 @@ class MediaSession:
                 continue
             self._finalized_index = index
             elapsed = int((time.perf_counter() - t0) * 1000)
+            if result.failures:
+                await self._report_fallback("asr", result.provider, result.failures)
             await self.sink.emit(ev.Metrics(
                 key=f"ttfb.asr.{result.provider}", duration=elapsed,
                 data={"audioMs": int(result.audio_s * 1000), "computeMs": int(result.compute_s * 1000)},
@@ -404,9 +409,13 @@ class MediaSession:
                     speed=opt.speed if opt else 1.0,
                     speaker=cmd.speaker or (opt.speaker if opt else None),
                     provider=(opt.provider if opt and opt.provider else self.config.tts_provider),
+                    creds=CallCredentials(endpoint=opt.endpoint, secret_key=opt.secret_key,
+                                          model=(opt.extra or {}).get("model")) if opt else None,
                 )
                 try:
                     async for audio in self.services.synthesize(req):
+                        if audio.failures:
+                            await self._report_fallback("tts", audio.provider, audio.failures)
                         if first:
                             first = False
                             # From the command (first token when streaming) to first audio.
@@ -427,6 +436,11 @@ class MediaSession:
             feed.open = False
             track.finish_feeding()
             self._audio_ready.set()
+
+    async def _report_fallback(self, kind: str, used: str, failures: list[str]) -> None:
+        """Tell the agent a provider failed and which one served instead."""
+        await self.sink.emit(ev.Metrics(key=f"fallback.{kind}", duration=0,
+                                        data={"provider": used, "failures": failures}))
 
     async def interrupt(self, graceful: bool = False) -> None:
         dropped = self.playout.drop_queued() if graceful else self.playout.drop_all()

@@ -1,0 +1,65 @@
+"""Deepgram's REST APIs: pre-recorded `/v1/listen` and `/v1/speak`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from voxray.providers.base import AsrProvider, CallCredentials, ProviderError, Transcript, TtsChunk, TtsProvider
+from voxray.providers.http_common import HttpProvider
+
+SPEAK_RATE = 16000
+
+
+class DeepgramAsr(HttpProvider, AsrProvider):
+    def __init__(self, name: str = "deepgram", endpoint: str = "https://api.deepgram.com",
+                 model: str = "nova-2", **kw) -> None:
+        super().__init__(name, endpoint, model=model, **kw)
+
+    async def transcribe(self, pcm16k: np.ndarray, language: str | None = None,
+                         creds: CallCredentials | None = None) -> Transcript:
+        endpoint, key, model = self.resolve(creds)
+        params = {"model": model or "nova-2", "encoding": "linear16", "sample_rate": "16000",
+                  "channels": "1", "smart_format": "true"}
+        if language:
+            params["language"] = language
+        t0 = time.perf_counter()
+        resp = await self.client.post(
+            f"{endpoint}/v1/listen", params=params, content=pcm16k.astype("<i2").tobytes(),
+            headers={"Content-Type": "audio/raw", **({"Authorization": f"Token {key}"} if key else {})},
+        )
+        self.check(resp, f"{self.name} listen")
+        try:
+            alt = resp.json()["results"]["channels"][0]["alternatives"][0]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ProviderError(f"{self.name} listen: unexpected reply ({exc!r})") from None
+        return Transcript(text=alt.get("transcript", ""), language=language,
+                          audio_s=pcm16k.size / 16000, compute_s=time.perf_counter() - t0)
+
+
+class DeepgramTts(HttpProvider, TtsProvider):
+    def __init__(self, name: str = "deepgram", endpoint: str = "https://api.deepgram.com",
+                 model: str = "aura-asteria-en", **kw) -> None:
+        super().__init__(name, endpoint, model=model, **kw)
+
+    async def synthesize(self, text: str, speed: float = 1.0, speaker: str | None = None,
+                         creds: CallCredentials | None = None) -> AsyncIterator[TtsChunk]:
+        endpoint, key, model = self.resolve(creds)
+        params = {"model": speaker or model or "aura-asteria-en", "encoding": "linear16",
+                  "sample_rate": str(SPEAK_RATE), "container": "none"}
+        async with self.client.stream(
+            "POST", f"{endpoint}/v1/speak", params=params, json={"text": text},
+            headers={"Authorization": f"Token {key}"} if key else {},
+        ) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+            self.check(resp, f"{self.name} speak")
+            carry = b""
+            async for chunk in resp.aiter_bytes():
+                data = carry + chunk
+                cut = len(data) // 2 * 2
+                carry = data[cut:]
+                if cut:
+                    yield TtsChunk(pcm=data[:cut], sample_rate=SPEAK_RATE)

@@ -1,0 +1,66 @@
+"""OpenAI-compatible speech APIs (`/v1/audio/transcriptions`, `/v1/audio/speech`).
+
+Many servers speak this wire format (OpenAI itself, vLLM, LocalAI, speaches), so
+one provider covers them; the endpoint is configurable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from voxray.providers.base import AsrProvider, CallCredentials, Transcript, TtsChunk, TtsProvider
+from voxray.providers.http_common import HttpProvider, wav_bytes
+
+OPENAI_PCM_RATE = 24000  # `response_format: pcm` is 24 kHz 16-bit mono
+
+
+class OpenAiAsr(HttpProvider, AsrProvider):
+    def __init__(self, name: str = "openai", endpoint: str = "https://api.openai.com",
+                 model: str = "whisper-1", **kw) -> None:
+        super().__init__(name, endpoint, model=model, **kw)
+
+    async def transcribe(self, pcm16k: np.ndarray, language: str | None = None,
+                         creds: CallCredentials | None = None) -> Transcript:
+        endpoint, key, model = self.resolve(creds)
+        data = {"model": model or "whisper-1", "response_format": "json"}
+        if language:
+            data["language"] = language
+        t0 = time.perf_counter()
+        resp = await self.client.post(
+            f"{endpoint}/v1/audio/transcriptions",
+            headers={"Authorization": f"Bearer {key}"} if key else {},
+            data=data, files={"file": ("audio.wav", wav_bytes(pcm16k), "audio/wav")},
+        )
+        self.check(resp, f"{self.name} transcription")
+        return Transcript(text=resp.json().get("text", ""), language=language,
+                          audio_s=pcm16k.size / 16000, compute_s=time.perf_counter() - t0)
+
+
+class OpenAiTts(HttpProvider, TtsProvider):
+    def __init__(self, name: str = "openai", endpoint: str = "https://api.openai.com",
+                 model: str = "tts-1", voice: str = "alloy", **kw) -> None:
+        super().__init__(name, endpoint, model=model, **kw)
+        self.voice = voice
+
+    async def synthesize(self, text: str, speed: float = 1.0, speaker: str | None = None,
+                         creds: CallCredentials | None = None) -> AsyncIterator[TtsChunk]:
+        endpoint, key, model = self.resolve(creds)
+        body = {"model": model or "tts-1", "input": text, "voice": speaker or self.voice,
+                "response_format": "pcm", "speed": speed}
+        async with self.client.stream(
+            "POST", f"{endpoint}/v1/audio/speech", json=body,
+            headers={"Authorization": f"Bearer {key}"} if key else {},
+        ) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+            self.check(resp, f"{self.name} speech")
+            carry = b""
+            async for chunk in resp.aiter_bytes():
+                data = carry + chunk
+                cut = len(data) // 2 * 2  # whole samples only
+                carry = data[cut:]
+                if cut:
+                    yield TtsChunk(pcm=data[:cut], sample_rate=OPENAI_PCM_RATE)
