@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import numpy as np
@@ -187,3 +188,48 @@ async def test_demo_agent_holds_the_whole_conversation(voxray_server, artifacts)
     assert events[-1]["reason"] == "autohangup"
     assert any(line.startswith("agent  > You said:") for line in lines)
     assert names.count("trackEnd") == len(finals) + 1  # greeting + one reply per utterance
+
+
+async def test_streaming_tts_then_barge_in_cuts_audio_over_the_socket(voxray_server, speech16k):
+    client = await _invite(voxray_server, "pcm")
+    try:
+        text = ("Let me tell you about our opening hours, which are quite long: we open at nine in the "
+                "morning, every day of the week, and close at six in the evening.")
+        for word in text.split(" "):
+            await client.send({"command": "tts", "text": word + " ", "streaming": True, "playId": "llm"})
+            await asyncio.sleep(0.03)
+        await client.send({"command": "tts", "text": "", "streaming": True, "endOfStream": True, "playId": "llm"})
+        await client.wait_for("trackStart", timeout=20, playId="llm")
+        await asyncio.sleep(1.0)
+        # The caller talks over the agent, in real time.
+        audio = np.concatenate([speech16k, np.zeros(16000, np.int16)]).tobytes()
+        sender = asyncio.create_task(client.stream(audio, 640))
+        cut = await client.wait_for("interruption", timeout=20, playId="llm")
+        seen_cut = time.monotonic()
+        await sender
+        assert cut["current"] < cut["totalDuration"] and cut["subtitle"].startswith("Let me tell you")
+        late = [t for t, _ in client.audio if t > seen_cut + 0.06]
+        assert late == [], f"{len(late)} audio frames arrived after the interruption"
+        end = await client.wait_for("trackEnd", playId="llm")
+        assert end["duration"] == cut["current"]
+        final = await client.wait_for("asrFinal", timeout=30)
+        assert wer(SENTENCE, final["text"]) <= 0.5
+    finally:
+        await client.close()
+
+
+async def test_play_refuses_files_outside_allowed_folders_and_call_goes_on(voxray_server):
+    client = await _invite(voxray_server)
+    try:
+        await client.send({"command": "play", "url": "/etc/passwd"})
+        e = await client.wait_for("error")
+        assert e["code"] == 403 and "allowed" in e["error"]
+        n = len(client.events)
+        await client.send({"command": "play", "url": "gopher://example/x.wav"})
+        e = await client.wait_for("error", after=n)
+        assert e["code"] == 400 and "scheme" in e["error"]
+        n = len(client.events)
+        await client.send({"command": "tts", "text": "Still fine.", "playId": "ok"})
+        await client.wait_for("trackEnd", after=n, playId="ok", timeout=20)
+    finally:
+        await client.close()
