@@ -119,6 +119,55 @@ class Ingress:
     async def call_webrtc(self, ws: WebSocket, id: str | None = None, dump: bool = False) -> None:
         await self._remote_call(ws, id, "webrtc")
 
+    @api.websocket("/call/sip")
+    async def call_sip(self, ws: WebSocket, id: str | None = None, dump: bool = False) -> None:
+        """Outbound: no id (or a new one), then `invite` with `callee`. Inbound: `?id=` of a
+        call a UA node announced (webhook or rule), then accept/reject/ringing."""
+        ua = await self._ua_node_holding(id) if id else None
+        if ua is None:
+            await self._remote_call(ws, id, "sip")
+            return
+        self._ensure_kill_listener()
+        await ws.accept()
+        if id in self.calls:
+            await ws.send_text(dump_event(Error(sender="protocol", error=f"call id '{id}' is in use", code=409)))
+            await ws.close(1008)
+            return
+        from voxray.deployments.sip_media import InboundSipMedia
+
+        def inbound_media(ch: AgentChannel) -> InboundSipMedia:
+            return InboundSipMedia(ua, id, emit=ch.emit, channel=ch)
+
+        await self._hold(AgentChannel(ws, id, "/call/sip", inbound_media,
+                                      on_answer=self._on_answer, on_end=self._on_end))
+
+    async def _ua_node_holding(self, call_id: str):
+        """The UA node that holds call_id (an inbound SIP call waiting for its agent), or None."""
+        import ray
+
+        from voxray.cluster.placement import NAMESPACE, ua_node_name
+
+        local = await self._local_ua_node()
+        if await local.has_call.remote(call_id):
+            return local
+        def node_actors() -> list:  # GCS lookups block: off the loop
+            found = []
+            for node in ray.nodes():
+                if node.get("Alive"):
+                    try:
+                        found.append(ray.get_actor(ua_node_name(node["NodeID"]), namespace=NAMESPACE))
+                    except ValueError:
+                        pass
+            return found
+
+        for ua in await asyncio.to_thread(node_actors):
+            try:
+                if await ua.has_call.remote(call_id):
+                    return ua
+            except Exception as exc:
+                log.warning("ua node unreachable", extra={"error": repr(exc)})
+        return None
+
     @api.get("/iceservers")
     async def ice_servers(self) -> list[dict]:
         return self.ice_server_list

@@ -66,3 +66,11 @@ class UaNode:
 
     async def list_calls(self) -> list[dict]:
         return self.core.list_calls()
+
+    async def has_call(self, call_id: str) -> bool:
+        """Whether this node holds the (e.g. inbound SIP) call an agent asks for."""
+        return self.core.has_call(call_id)
+
+    async def shutdown(self) -> None:
+        """End calls and stop transports cleanly (SIP: BYEs, un-REGISTER) before the actor dies."""
+        await self.core.shutdown()

@@ -1,0 +1,31 @@
+"""`/call/sip?id=<call id>`: the agent's side of an inbound SIP call a UA node holds.
+
+The caller set the call up, so the agent answers it (`accept`, `reject`, `ringing`)
+instead of sending `invite`; events flow from the moment the socket opens (the
+`incoming` event first). Everything else is `RemoteMedia`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from voxray.deployments.call_media import Emit
+from voxray.deployments.remote_media import RemoteMedia
+from voxray.protocol import commands as cmd
+from voxray.protocol import events as ev
+from voxray.protocol.errors import ProtocolError
+
+
+class InboundSipMedia(RemoteMedia):
+    def __init__(self, ua_node, call_id: str, emit: Emit, channel) -> None:
+        super().__init__(ua_node, call_id, "sip", emit=emit, channel=channel)
+        self._pump = asyncio.get_running_loop().create_task(self._pump_events())
+
+    async def start(self, option: cmd.CallOption) -> ev.EventBase | None:
+        raise ProtocolError("this is an inbound call: answer it with accept (or reject/ringing), not invite", 409)
+
+    async def command(self, c: cmd.Command) -> None:
+        await super().command(c)
+        if isinstance(c, cmd.Accept) and self._channel.option is None:
+            # The call is set up now: the channel lets call commands through from here on.
+            self._channel.option = c.option

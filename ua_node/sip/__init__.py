@@ -1,0 +1,45 @@
+"""SIP/RTP for the UA node, on pjsua2 (SIP, SDP, RTP, codecs, jitter buffer).
+
+`register(core, config)` starts the SIP stack when `transports.sip.enabled` is set,
+and gives the node a "sip" transport (outbound INVITEs) and the SIP commands
+(accept, reject, ringing, refer). Modules: `config` (settings), `stack` (the pj
+thread), `pjcall` (pjsua2 Account/Call), `media_port` (bridge <-> MediaTransport),
+`transport` (the call's asyncio half), `routing` (webhook and rules), `endpoint`.
+"""
+
+from __future__ import annotations
+
+from voxray.logs import get_logger
+from voxray.ua_node.sip.config import SipSettings
+
+log = get_logger("voxray.sip")
+
+_endpoint = None  # pjsua is one per process
+
+
+async def register(core, config: dict | None) -> None:
+    global _endpoint
+    settings = SipSettings.model_validate(config or {})
+    if not settings.enabled or "sip" in core.transports:
+        return
+    if _endpoint is not None:  # started (or failed) once already: pjsua is one per process
+        return
+    try:
+        import pjsua2  # noqa: F401
+    except ImportError:
+        log.warning("sip is enabled but pjsua2 is not installed (pip install pjsua2-python)")
+        return
+    import asyncio
+
+    from voxray.ua_node.sip.endpoint import SipEndpoint
+
+    endpoint = SipEndpoint(core, settings, asyncio.get_running_loop())
+    _endpoint = endpoint
+    try:
+        await endpoint.start()
+    except Exception as exc:
+        log.error("sip stack failed to start", extra={"error": repr(exc)})
+        return
+    core.register_transport("sip", endpoint.open_outbound)
+    core.register_command_handler("sip", endpoint.handle_command)
+    core.add_shutdown_hook(endpoint.close)

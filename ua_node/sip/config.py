@@ -1,0 +1,45 @@
+"""SIP transport settings (the `transports.sip` section of voxray's config)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class SipAccount(BaseModel):
+    """Registration to a SIP registrar with digest auth; absent: listen for direct INVITEs."""
+
+    registrar: str = Field(..., description="registrar URI, e.g. sip:127.0.0.1:5060")
+    username: str
+    domain: str = Field(..., description="domain of the address of record (sip:username@domain)")
+    password: str | None = None
+    realm: str = "*"
+    reregister_s: int = Field(300, ge=30, description="registration expiry; pjsua re-registers before it")
+    retry_s: int = Field(5, ge=1, description="retry interval after a failed registration")
+
+
+class SipRule(BaseModel):
+    """Inbound routing: caller/callee regexes (re.search) -> a webhook URL, or a rejection."""
+
+    caller: str | None = None
+    callee: str | None = None
+    url: str | None = Field(None, description="agent webhook that gets {caller, callee, call_id, from_tag, to_tag}")
+    reject: int | None = Field(None, ge=300, le=699, description="reject matching calls with this SIP code")
+
+
+class SipSettings(BaseModel):
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    port: int = Field(5060, ge=0, le=65535, description="UDP port for SIP; 0 picks a free one")
+    public_address: str | None = Field(None, description="address written in Contact/SDP, default `bind`")
+    rtp_port: int = Field(20000, ge=1024, le=65535, description="first RTP port")
+    rtp_port_range: int = Field(1000, ge=2, description="number of RTP ports from rtp_port")
+    account: SipAccount | None = None
+    user: str = Field("voxray", description="user part of the local address when not registering")
+    webhook_url: str | None = Field(None, description="POSTed for each inbound call no rule routes")
+    webhook_timeout_s: float = 5.0
+    rules: list[SipRule] = Field(default_factory=list)
+    codecs: list[str] = Field(default_factory=lambda: ["PCMU/8000", "PCMA/8000", "G722/16000"],
+                              description="offered codecs, in order of preference (pjsua2 ids)")
+    answer_timeout_s: float = Field(60.0, description="an inbound call the agent leaves unanswered is rejected (408)")
+    session_timer_s: int = Field(1800, ge=90, description="SIP session timer (RFC 4028) interval")
+    log_level: int = Field(1, ge=0, le=6, description="pjsip's own log level")

@@ -1,0 +1,69 @@
+"""A pjsua2 media port between the conference bridge (16 kHz, 20 ms) and a voxray transport.
+
+Both callbacks run on pjmedia's clock thread and must stay short: received frames
+go to the asyncio loop with `call_soon_threadsafe`; frames to send come from the
+transport's queue (a deque; append/popleft are atomic), or from music on hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pjsua2 as pj
+
+CLOCK_RATE = 16000
+FRAME_SAMPLES = 320  # 20 ms
+FRAME_BYTES = FRAME_SAMPLES * 2
+
+
+def audio_format() -> pj.MediaFormatAudio:
+    fmt = pj.MediaFormatAudio()
+    fmt.type = pj.PJMEDIA_TYPE_AUDIO
+    fmt.clockRate = CLOCK_RATE
+    fmt.channelCount = 1
+    fmt.bitsPerSample = 16
+    fmt.frameTimeUsec = 20000
+    return fmt
+
+
+class BridgePort(pj.AudioMediaPort):
+    def __init__(self, on_frame: Callable[[bytes], None], next_frame: Callable[[], np.ndarray]) -> None:
+        super().__init__()
+        self._on_frame = on_frame
+        self._next_frame = next_frame
+        self.moh: np.ndarray | None = None  # looped instead of the transport's audio while set
+        self._moh_pos = 0
+        self.frames_in = 0
+        self.frames_out = 0
+        self.peak_out = 0
+
+    def set_moh(self, pcm16k: np.ndarray | None) -> None:
+        self._moh_pos = 0
+        self.moh = pcm16k if pcm16k is not None and pcm16k.size else None
+
+    def _moh_frame(self) -> np.ndarray:
+        moh = self.moh
+        out = np.empty(FRAME_SAMPLES, np.int16)
+        filled = 0
+        while filled < FRAME_SAMPLES:
+            take = min(FRAME_SAMPLES - filled, moh.size - self._moh_pos)
+            out[filled:filled + take] = moh[self._moh_pos:self._moh_pos + take]
+            filled += take
+            self._moh_pos = (self._moh_pos + take) % moh.size
+        return out
+
+    def onFrameRequested(self, frame) -> None:  # bridge wants audio for the peer
+        pcm = self._moh_frame() if self.moh is not None else self._next_frame()
+        if pcm.size != FRAME_SAMPLES:
+            pcm = np.resize(pcm, FRAME_SAMPLES) if pcm.size else np.zeros(FRAME_SAMPLES, np.int16)
+        self.frames_out += 1
+        frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
+        frame.buf = pj.ByteVector(pcm.astype("<i2", copy=False).tobytes())
+        frame.size = FRAME_BYTES
+
+    def onFrameReceived(self, frame) -> None:  # the peer's decoded audio
+        if frame.type != pj.PJMEDIA_FRAME_TYPE_AUDIO or frame.size == 0:
+            return
+        self.frames_in += 1
+        self._on_frame(bytes(frame.buf))

@@ -1,0 +1,175 @@
+"""pjsua2 Account and Call subclasses: everything here runs on the pj thread.
+
+They report to the asyncio side (`SipTransport`) only through `stack.to_loop`, and
+hold the pj objects (call, media port, recorder) that must die on this thread.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import TYPE_CHECKING
+
+import pjsua2 as pj
+
+from voxray.logs import get_logger
+from voxray.ua_node.sip.media_port import BridgePort, audio_format
+
+if TYPE_CHECKING:
+    from voxray.ua_node.sip.stack import PjStack
+    from voxray.ua_node.sip.transport import SipTransport
+
+log = get_logger("voxray.sip")
+
+_TAG = re.compile(r";\s*tag=([^;>\s]+)", re.I)
+
+
+def sip_header(msg: str, *names: str) -> str | None:
+    """First value of a header (long or compact name) in a raw SIP message."""
+    head = msg.split("\r\n\r\n", 1)[0]
+    for line in head.split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() in names:
+            return value.strip()
+    return None
+
+
+def sip_body(msg: str) -> str | None:
+    parts = msg.split("\r\n\r\n", 1)
+    return parts[1] if len(parts) == 2 and parts[1].strip() else None
+
+
+def plain_uri(uri: str) -> str:
+    """`"Alice" <sip:alice@host>;tag=x` -> `sip:alice@host`."""
+    m = re.search(r"<([^>]*)>", uri)
+    uri = m.group(1) if m else uri.split(";", 1)[0]
+    return uri.strip()
+
+
+def header_tag(value: str | None) -> str | None:
+    m = _TAG.search(value or "")
+    return m.group(1) if m else None
+
+
+class SipAccount(pj.Account):
+    def __init__(self, stack: "PjStack", on_incoming) -> None:
+        super().__init__()
+        self.stack = stack
+        self._on_incoming = on_incoming  # (account, OnIncomingCallParam) on the pj thread
+        self.reg_code: int | None = None
+        self.reg_active = False
+
+    def onIncomingCall(self, prm) -> None:
+        self._on_incoming(self, prm)
+
+    def onRegState(self, prm) -> None:
+        self.reg_code = prm.code
+        info = self.getInfo()
+        self.reg_active = bool(info.regIsActive)
+        log.info("sip registration", extra={"code": prm.code, "reason": prm.reason,
+                                            "active": self.reg_active, "expires": prm.expiration})
+
+
+class SipCall(pj.Call):
+    """One pjsua2 call; `transport` is its asyncio-side half."""
+
+    def __init__(self, stack: "PjStack", acc: pj.Account, transport: "SipTransport",
+                 call_id: int = pj.PJSUA_INVALID_ID) -> None:
+        super().__init__(acc, call_id)
+        self.stack = stack
+        self.transport = transport
+        self.port: BridgePort | None = None
+        self.recorder: pj.AudioMediaRecorder | None = None
+        self.audio_index: int | None = None
+        self.local_sdp: str | None = None
+        self.remote_sdp: str | None = None
+        self.confirmed = False
+        self.disconnected = False
+        self.ephemeral_account: pj.Account | None = None  # per-call credentials (outbound)
+        self._rx_pkts = -1
+        self._last_rx = time.monotonic()
+        self._early_reported = False
+
+    # -- pj callbacks ------------------------------------------------------------------
+
+    def onCallSdpCreated(self, prm) -> None:
+        self.local_sdp = prm.sdp.wholeSdp
+        if prm.remSdp.wholeSdp:
+            self.remote_sdp = prm.remSdp.wholeSdp
+
+    def onCallState(self, prm) -> None:
+        ci = self.getInfo()
+        state = ci.state
+        t = self.transport
+        if state == pj.PJSIP_INV_STATE_EARLY and ci.role == pj.PJSIP_ROLE_UAC:
+            code = ci.lastStatusCode
+            if code in (180, 183) and not self._early_reported:
+                self._early_reported = True
+                self.stack.to_loop(t.pj_ringing, code == 183)
+        elif state == pj.PJSIP_INV_STATE_CONFIRMED and not self.confirmed:
+            self.confirmed = True
+            self._last_rx = time.monotonic()
+            self.stack.to_loop(t.pj_confirmed, self.local_sdp if ci.role == pj.PJSIP_ROLE_UAS else self.remote_sdp)
+        elif state == pj.PJSIP_INV_STATE_DISCONNECTED and not self.disconnected:
+            self.disconnected = True
+            code, reason = ci.lastStatusCode, ci.lastReason
+            self.release_media()
+            self.stack.to_loop(t.pj_disconnected, code, reason, self.confirmed)
+            t.forget_pj()
+
+    def onCallMediaState(self, prm) -> None:
+        ci = self.getInfo()
+        media = ci.media
+        for mi in media:
+            if mi.type != pj.PJMEDIA_TYPE_AUDIO or mi.status not in (
+                    pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
+                continue
+            am = self.getAudioMedia(mi.index)
+            self.audio_index = mi.index
+            if self.port is None:
+                t = self.transport
+                self.port = BridgePort(lambda pcm: self.stack.to_loop(t.pj_audio, pcm), t.next_frame)
+                self.port.createPort(f"vox-{t.call_id[:20]}", audio_format())
+                rec_file = t.recorder_file
+                if rec_file:
+                    try:
+                        self.recorder = pj.AudioMediaRecorder()
+                        self.recorder.createRecorder(rec_file)
+                    except pj.Error as exc:
+                        log.warning("recorder failed", extra={"error": exc.info(), "file": rec_file})
+                        self.recorder = None
+            am.startTransmit(self.port)
+            self.port.startTransmit(am)
+            if self.recorder is not None:
+                am.startTransmit(self.recorder)
+                self.port.startTransmit(self.recorder)
+            break
+
+    def onDtmfDigit(self, prm) -> None:
+        # RFC 4733 telephone-events and SIP INFO (application/dtmf-relay) both land here.
+        self.stack.to_loop(self.transport.pj_dtmf, prm.digit)
+
+    def onCallTransferStatus(self, prm) -> None:
+        prm.cont = True
+        self.stack.to_loop(self.transport.pj_refer_status, prm.statusCode, prm.reason, bool(prm.finalNotify))
+
+    # -- used by the stack (pj thread) ---------------------------------------------------
+
+    def release_media(self) -> None:
+        self.recorder = None
+        self.port = None
+
+    def check_rtp(self, timeout_s: float | None) -> bool:
+        """True when no RTP arrived for timeout_s (the peer vanished)."""
+        if not timeout_s or not self.confirmed or self.disconnected or self.audio_index is None:
+            return False
+        try:
+            pkts = self.getStreamStat(self.audio_index).rtcp.rxStat.pkt
+        except pj.Error:
+            return False
+        now = time.monotonic()
+        if pkts != self._rx_pkts:
+            self._rx_pkts = pkts
+            self._last_rx = now
+            return False
+        return now - self._last_rx > timeout_s

@@ -1,0 +1,144 @@
+"""The asyncio-side half of one SIP call: a voxray MediaTransport over pjsua2.
+
+`pj_*` methods are scheduled onto the actor's loop by the pj thread; the pj call
+itself (`_pj`) is touched only inside functions run on the pj thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from voxray.logs import bind_call, get_logger
+from voxray.protocol import events as ev
+from voxray.ua_node.transport import MediaTransport
+
+if TYPE_CHECKING:
+    from voxray.ua_node.node import NodeCall
+    from voxray.ua_node.sip.endpoint import SipEndpoint
+    from voxray.ua_node.sip.pjcall import SipCall
+
+log = get_logger("voxray.sip")
+
+
+class SipTransport(MediaTransport):
+    kind = "sip"
+
+    def __init__(self, endpoint: "SipEndpoint", call_id: str, inbound: bool) -> None:
+        super().__init__()
+        self.endpoint = endpoint
+        self.call_id = call_id
+        self.inbound = inbound
+        self.recorder_file: str | None = None  # read by the pj thread when media comes up
+        self.inactivity_s: float | None = None  # read by the pj thread's RTP watch
+        self._pj: SipCall | None = None  # pj thread only
+        self.accepted = False  # inbound: 200 OK sent
+        self.confirmed = False
+        self.ended = False
+        self.refer_pending = False
+        self.refer_auto_hangup = True
+        self.frames_in = 0
+
+    # -- helpers ------------------------------------------------------------------------
+
+    @property
+    def node_call(self) -> "NodeCall | None":
+        return self.endpoint.core.calls.get(self.call_id)
+
+    def _emit(self, event: ev.EventBase) -> None:
+        call = self.node_call
+        if call is not None and not call.ended:
+            event.track_id = event.track_id or self.call_id
+            call.events.put_nowait(ev.dump_event(event))
+
+    def _closed(self, reason: str, initiator: str) -> None:
+        self.ended = True
+        if self.on_closed is not None:
+            self.on_closed(reason, initiator)
+        else:  # not attached to a media session yet (inbound, before accept)
+            asyncio.get_running_loop().create_task(self.endpoint.core.end_call(self.call_id, reason, initiator))
+
+    def bind_pj(self, pjcall: "SipCall") -> None:  # pj thread
+        self._pj = pjcall
+
+    def forget_pj(self) -> None:  # pj thread
+        self._pj = None
+
+    def pj_call(self) -> "SipCall | None":  # pj thread
+        return self._pj
+
+    # -- from the pj thread (run on the loop) ------------------------------------------------
+
+    def pj_audio(self, pcm: bytes) -> None:
+        self.frames_in += 1
+        if self.on_audio is not None and not self.ended:
+            self.on_audio(pcm)
+
+    def pj_dtmf(self, digit: str) -> None:
+        with bind_call(self.call_id):
+            log.info("dtmf", extra={"digit": digit})
+        if self.on_dtmf is not None:
+            self.on_dtmf(digit)
+        else:
+            self._emit(ev.Dtmf(digit=digit))
+
+    def pj_ringing(self, early_media: bool) -> None:
+        self._emit(ev.RingingEvent(early_media=early_media))
+
+    def pj_confirmed(self, sdp: str | None) -> None:
+        self.confirmed = True
+        with bind_call(self.call_id):
+            log.info("sip call confirmed", extra={"inbound": self.inbound})
+        if not self.inbound:
+            self._emit(ev.Answer(sdp=sdp))
+
+    def pj_disconnected(self, code: int, reason: str, confirmed: bool) -> None:
+        with bind_call(self.call_id):
+            log.info("sip call disconnected", extra={"code": code, "reason": reason, "ended": self.ended})
+        if self.ended:
+            return
+        if not self.inbound and not confirmed:
+            self._emit(ev.RejectEvent(code=code, reason=reason))
+            self._closed("rejected", "callee")
+        elif not confirmed:
+            self._closed("canceled", "caller")
+        else:
+            self._closed("hangup", "caller" if self.inbound else "callee")
+
+    def pj_inactive(self) -> None:
+        if not self.ended:
+            with bind_call(self.call_id):
+                log.info("rtp timeout", extra={"timeout_s": self.inactivity_s})
+            self._closed("inactivity_timeout", "server")
+
+    def pj_refer_status(self, code: int, reason: str, final: bool) -> None:
+        self._emit(ev.Other(sender="sip", extra={"refer": {"code": code, "reason": reason, "final": final}}))
+        if final:
+            self.refer_pending = False
+            self.endpoint.stack.post(self._stop_moh)
+            if 200 <= code < 300 and self.refer_auto_hangup and not self.ended:
+                asyncio.get_running_loop().create_task(
+                    self.endpoint.core.end_call(self.call_id, "transferred", "system"))
+
+    # -- pj thread jobs -------------------------------------------------------------------
+
+    def _stop_moh(self) -> None:
+        c = self._pj
+        if c is not None and c.port is not None:
+            c.port.set_moh(None)
+
+    def set_moh(self, pcm: np.ndarray | None) -> None:  # pj thread
+        c = self._pj
+        if c is not None and c.port is not None:
+            c.port.set_moh(pcm)
+
+    # -- MediaTransport ---------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        code = 480 if (self.inbound and not self.accepted) else 200
+        await self.endpoint.hangup(self, code, "call ended")
