@@ -64,6 +64,8 @@ async def apply_command(session: MediaSession, c: cmd.Command, call_id: str) -> 
         await session.tts(c)
     elif isinstance(c, cmd.Play):
         await session.play(c)
+    elif isinstance(c, cmd.Background):
+        await session.background(c)
     elif isinstance(c, cmd.Interrupt):
         await session.interrupt(graceful=c.graceful)
     elif isinstance(c, cmd.Pause):

@@ -233,3 +233,26 @@ async def test_answering_machine_is_detected_from_the_greeting(make_session):
     _feed(human, np.concatenate([np.zeros(4000, np.int16), espeak_speech("Hello?"), np.zeros(16000, np.int16)]), "pcm")
     await hrec.wait("eou", timeout=20)
     assert "answerMachineDetection" not in hrec.names()
+
+
+async def test_background_music_plays_and_ducks_under_speech(make_session, media_dir, speech16k):
+    from voxray.protocol.commands import Background
+
+    s, rec = await make_session(MediaConfig(play_dirs=(str(media_dir),)))
+    await s.background(Background(url=str(media_dir / "beep.wav"), volume=0.5, duck=0.2))
+    await asyncio.sleep(0.5)
+    alone = np.frombuffer(b"".join(f for _, f in rec.frames), dtype="<i2")
+    assert alone.size > 16000 * 0.3 and 2700 < np.abs(alone).max() < 3300  # 6000 * 0.5
+    # The caller speaks (in real time): while they do, the music drops to 0.5 * 0.2.
+    levels = []
+    for i in range(0, speech16k.size, 320):
+        s.feed(speech16k[i:i + 320].tobytes())
+        await asyncio.sleep(0.02)
+        if s.segmenter.speaking and rec.frames:
+            levels.append(np.abs(np.frombuffer(rec.frames[-1][1], dtype="<i2")).max())
+    assert len(levels) > 20 and 500 < np.median(levels) < 700
+    await s.background(Background(url=None))
+    await asyncio.sleep(0.1)
+    count = len(rec.frames)
+    await asyncio.sleep(0.3)
+    assert len(rec.frames) == count  # stopped: nothing more is sent

@@ -13,13 +13,14 @@ from voxray.protocol.schema import protocol_schema
 
 PROTOCOL_COMMANDS = {"invite", "accept", "reject", "ringing", "tts", "play", "interrupt", "pause",
                      "resume", "refer", "mute", "unmute", "hangup", "history"}
+EXT_COMMANDS = {"background"}
 PROTOCOL_EVENTS = {"incoming", "answer", "reject", "ringing", "hangup", "speaking", "silence", "eou",
                    "asrDelta", "asrFinal", "trackStart", "trackEnd", "interruption", "dtmf", "metrics",
                    "error", "addHistory", "answerMachineDetection", "binary", "other"}
 
 
 def test_every_protocol_command_name_parses():
-    assert c.COMMAND_NAMES == PROTOCOL_COMMANDS
+    assert c.COMMAND_NAMES == PROTOCOL_COMMANDS | EXT_COMMANDS
     samples = {"play": {"url": "file:///x.wav"}, "refer": {"callee": "sip:a@b"},
                "history": {"speaker": "user", "text": "hi"}}
     for name in PROTOCOL_COMMANDS:

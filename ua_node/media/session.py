@@ -25,7 +25,7 @@ from voxray.deployments.messages import (
 )
 from voxray.logs import bind_call, get_logger
 from voxray.protocol import events as ev
-from voxray.protocol.commands import Play, Tts
+from voxray.protocol.commands import Background, Play, Tts
 from voxray.protocol.errors import ProtocolError
 from voxray.providers.base import CallCredentials
 from voxray.protocol.options import CallOption
@@ -135,6 +135,9 @@ class MediaSession:
         self._feeds: dict[int, TrackFeed] = {}
         self._bargein_run_ms = 0.0
         self._wait_input: asyncio.Task | None = None
+        self._bg: np.ndarray | None = None  # background music at the codec rate
+        self._bg_pos = 0
+        self._bg_cmd: Background | None = None
         self._ssrc = random.getrandbits(32)
         self._tasks: list[asyncio.Task] = []
         self._play_policy = AudioSourcePolicy(list(self.config.play_dirs), self.config.play_cache_dir,
@@ -480,6 +483,36 @@ class MediaSession:
             self._wait_input.cancel()
         self._wait_input = asyncio.create_task(wait(), name=f"wait-input-{self.call_id}")
 
+    async def background(self, cmd: Background) -> None:
+        if not cmd.url:
+            self._bg, self._bg_cmd = None, None
+            return
+        pcm = await load_audio(cmd.url, self.codec_out.sample_rate, self._play_policy)
+        self._bg, self._bg_pos, self._bg_cmd = pcm, 0, cmd
+        self._audio_ready.set()
+
+    def _background_frame(self, n: int, ducked: bool) -> np.ndarray | None:
+        bg, cmd = self._bg, self._bg_cmd
+        if bg is None or cmd is None:
+            return None
+        if self._bg_pos >= bg.size:
+            if not cmd.loop:
+                self._bg, self._bg_cmd = None, None
+                return None
+            self._bg_pos = 0
+        out = np.zeros(n, dtype=np.float32)
+        filled = 0
+        while filled < n:
+            k = min(n - filled, bg.size - self._bg_pos)
+            out[filled:filled + k] = bg[self._bg_pos:self._bg_pos + k]
+            filled += k
+            self._bg_pos += k
+            if self._bg_pos >= bg.size:
+                if not cmd.loop:
+                    break
+                self._bg_pos = 0
+        return out * (cmd.volume * (cmd.duck if ducked else 1.0))
+
     def pause(self) -> None:
         self.playout.paused = True
 
@@ -496,24 +529,29 @@ class MediaSession:
             frame = None
             if track is not None and not self.playout.paused:
                 frame = track.take(frame_samples)
-            if frame is None:
-                if track is not None and track.exhausted:
-                    self.playout.pop_finished()
-                    await self._track_end(track)
-                    if track.auto_hangup:
-                        await self.sink.request_hangup("autohangup", "server")
-                    elif track.wait_input_timeout:
-                        self._arm_wait_input(track.wait_input_timeout)
-                    continue
+            if frame is None and track is not None and track.exhausted:
+                self.playout.pop_finished()
+                await self._track_end(track)
+                if track.auto_hangup:
+                    await self.sink.request_hangup("autohangup", "server")
+                elif track.wait_input_timeout:
+                    self._arm_wait_input(track.wait_input_timeout)
+                continue
+            # Music under the call ducks while the agent or the caller speaks.
+            bg = self._background_frame(frame_samples, ducked=frame is not None or self.segmenter.speaking)
+            if frame is None and bg is None:
                 # Nothing to send yet: wait for audio and restart the clock after.
                 deadline = None
                 self._audio_ready.clear()
                 await self._audio_ready.wait()
                 continue
-            if not track.started:
+            if frame is not None and not track.started:
                 track.started = True
                 track.started_at = time.monotonic()
                 await self.sink.emit(ev.TrackStart(track_id=self.call_id, play_id=track.play_id))
+            if bg is not None:
+                mixed = bg if frame is None else frame.astype(np.float32) + bg
+                frame = np.clip(np.rint(mixed), -32768, 32767).astype(np.int16)
             if not self.outbound_muted:
                 await self.sink.send_audio(self.codec_out.encode(frame))
             # Absolute schedule: frames leave every ptime without drift.

@@ -96,6 +96,16 @@ class Hangup(WireModel):
     initiator: str | None = None
 
 
+class Background(WireModel):
+    """ext: background/hold music under the call, ducked while anyone speaks. `url: null` stops it."""
+
+    command: Literal["background"] = "background"
+    url: str | None = None
+    volume: float = Field(0.3, ge=0.0, le=1.0)
+    duck: float = Field(0.25, ge=0.0, le=1.0, description="gain factor while speech plays")
+    loop: bool = True
+
+
 class History(WireModel):
     command: Literal["history"] = "history"
     speaker: str
@@ -105,7 +115,7 @@ class History(WireModel):
 Command = Annotated[
     Union[
         Invite, Accept, Reject, Ringing, Tts, Play, Interrupt, Pause, Resume,
-        Refer, Mute, Unmute, Hangup, History,
+        Refer, Mute, Unmute, Hangup, History, Background,
     ],
     Field(discriminator="command"),
 ]
@@ -113,7 +123,7 @@ Command = Annotated[
 COMMAND_NAMES: frozenset[str] = frozenset(
     m.model_fields["command"].default
     for m in (Invite, Accept, Reject, Ringing, Tts, Play, Interrupt, Pause, Resume,
-              Refer, Mute, Unmute, Hangup, History)
+              Refer, Mute, Unmute, Hangup, History, Background)
 )
 
 _adapter: TypeAdapter[Command] = TypeAdapter(Command)
