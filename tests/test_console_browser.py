@@ -97,6 +97,7 @@ async def test_console_calls_over_webrtc_in_chromium(voxray_server, fake_mic_wav
             await page.wait_for_function("window.voxray.state === 'in-call'", timeout=60_000)
 
             text = await _wait_for_sentence(page, timeout_s=120)
+            assert text.strip() in await page.inner_text("#events")  # shown to the person, not only recorded
             assert "speaking" in await page.evaluate("window.voxray.events.map(e => e.event)")
 
             # Mute so the looping sentence cannot barge in on the agent's reply.

@@ -100,6 +100,9 @@ class PlayoutTrack(MediaStreamTrack):
             delay = self._start + self._pts / RATE - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            elif delay < -0.2:
+                # Far behind (a stalled loop): re-anchor the clock instead of bursting frames out.
+                self._start -= delay
         return self._frame(self._transport.next_frame())
 
     def _frame(self, pcm: np.ndarray) -> av.AudioFrame:
@@ -155,8 +158,12 @@ class WebRtcTransport(MediaTransport):
                 self._peer_gone("remote track ended")
                 return
             pcm = self._to16k(frame)
-            if pcm.size and self.on_audio is not None:
+            if not pcm.size or self.on_audio is None:
+                continue
+            try:
                 self.on_audio(pcm.astype("<i2").tobytes())
+            except Exception:  # one bad frame must not stop the caller's audio for the rest of the call
+                log.exception("inbound frame dropped")
 
     def _to16k(self, frame: av.AudioFrame) -> np.ndarray:
         if self._resampler is None or self._resampler.src_rate != frame.sample_rate:
