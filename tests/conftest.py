@@ -53,6 +53,9 @@ def voxray_server():
     config = VoxrayConfig()
     config.serve.port = free_port()
     config.serve.host = "127.0.0.1"
+    from tests.sip_env import SIP_ENV  # SIP on free loopback ports, for tests/test_sip.py
+
+    config.transports.sip = SIP_ENV.settings()
     start_ray(num_cpus=2, dashboard=False, log=lambda *_: None)
     try:
         deploy(config, log=lambda *_: None)

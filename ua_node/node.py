@@ -45,6 +45,8 @@ class NodeCall:
         self.transport: MediaTransport | None = None
         self.session: MediaSession | None = None
         self.ended = False
+        self.finished = False  # ended and its hangup event queued: the last event
+        self.polled = True  # an agent (through the ingress) reads this call's events
         self.created = time.time()
 
     async def emit(self, event: ev.EventBase) -> None:
@@ -74,6 +76,7 @@ class UaNodeCore:
 
     def add_call(self, call: NodeCall) -> None:
         """A call a transport created before any agent (inbound SIP); the agent attaches later."""
+        call.polled = False
         self.calls[call.call_id] = call
 
     def has_call(self, call_id: str) -> bool:
@@ -149,14 +152,15 @@ class UaNodeCore:
         call = self.calls.get(call_id)
         if call is None:
             return None
+        call.polled = True
         try:
             first = await asyncio.wait_for(call.events.get(), timeout_s)
         except asyncio.TimeoutError:
-            return None if call.ended and call.events.empty() else []
+            return None if call.finished and call.events.empty() else []
         out = [first]
         while not call.events.empty():
             out.append(call.events.get_nowait())
-        if call.ended and call.events.empty():
+        if call.finished and call.events.empty():
             self.calls.pop(call_id, None)
         return out
 
@@ -165,14 +169,19 @@ class UaNodeCore:
         if call is None or call.ended:
             return
         call.ended = True
-        with bind_call(call_id):
-            if call.session:
-                await call.session.close()
-            if call.transport:
-                await call.transport.close()
-            log.info("call closed", extra={"reason": reason, "initiator": initiator})
-        # The ingress turns this into the agent's `hangup` event with its own timings.
-        await call.emit(ev.HangupEvent(track_id=call_id, reason=reason, initiator=initiator))
+        try:
+            with bind_call(call_id):
+                if call.session:
+                    await call.session.close()
+                if call.transport:
+                    await call.transport.close()
+                log.info("call closed", extra={"reason": reason, "initiator": initiator})
+        finally:
+            # The ingress turns this into the agent's `hangup` event with its own timings.
+            await call.emit(ev.HangupEvent(track_id=call_id, reason=reason, initiator=initiator))
+            call.finished = True
+            if not call.polled:  # no agent ever attached (e.g. an inbound call nobody answered)
+                self.calls.pop(call_id, None)
 
     def list_calls(self) -> list[dict]:
         return [{"id": c.call_id, "kind": c.kind, "created": c.created} for c in self.calls.values() if not c.ended]

@@ -84,6 +84,8 @@ class SipEndpoint:
         cfg.mediaConfig.transportConfig.portRange = s.rtp_port_range
         if s.public_address:
             cfg.mediaConfig.transportConfig.publicAddress = s.public_address
+        # No re-INVITE to narrow a multi-codec answer down to one (simple gateways choke on it).
+        cfg.mediaConfig.lockCodecEnabled = False
         cfg.callConfig.timerUse = pj.PJSUA_SIP_TIMER_OPTIONAL
         cfg.callConfig.timerSessExpiresSec = s.session_timer_s
         cfg.callConfig.timerMinSESec = 90

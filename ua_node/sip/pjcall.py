@@ -97,10 +97,28 @@ class SipCall(pj.Call):
         if prm.remSdp.wholeSdp:
             self.remote_sdp = prm.remSdp.wholeSdp
 
+    def _remote_sdp_from(self, e) -> None:
+        """The peer's SDP answer (outbound calls): the body of a response to our INVITE."""
+        try:
+            if e.type != pj.PJSIP_EVENT_TSX_STATE or e.body.tsxState.type != pj.PJSIP_EVENT_RX_MSG:
+                return
+            msg = e.body.tsxState.src.rdata.wholeMsg
+        except (AttributeError, pj.Error):
+            return
+        if msg.startswith("SIP/2.0 ") and "INVITE" in (sip_header(msg, "cseq") or ""):
+            body = sip_body(msg)
+            if body and "m=audio" in body:
+                self.remote_sdp = body
+
+    def onCallTsxState(self, prm) -> None:
+        self._remote_sdp_from(prm.e)
+
     def onCallState(self, prm) -> None:
         ci = self.getInfo()
         state = ci.state
         t = self.transport
+        if ci.role == pj.PJSIP_ROLE_UAC:
+            self._remote_sdp_from(prm.e)
         if state == pj.PJSIP_INV_STATE_EARLY and ci.role == pj.PJSIP_ROLE_UAC:
             code = ci.lastStatusCode
             if code in (180, 183) and not self._early_reported:
