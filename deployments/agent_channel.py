@@ -8,6 +8,7 @@ any kind gets an `error` event and the call goes on.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
@@ -15,6 +16,7 @@ from datetime import datetime, timezone
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from voxray.deployments.call_media import CallMedia
+from voxray.deployments.cdr import CallRecord
 from voxray.logs import bind_call, get_logger
 from voxray.protocol import commands as cmd
 from voxray.protocol import events as ev
@@ -37,7 +39,8 @@ class AgentChannel:
     def __init__(self, ws: WebSocket, call_id: str, path: str, media_factory: MediaFactory,
                  on_answer: Callable[["AgentChannel"], Awaitable[None]] | None = None,
                  on_end: Callable[["AgentChannel"], Awaitable[None]] | None = None,
-                 handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S) -> None:
+                 handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
+                 resume_grace_s: float = 0.0) -> None:
         self.ws = ws
         self.call_id = call_id
         self.path = path
@@ -55,16 +58,37 @@ class AgentChannel:
         self.option: cmd.CallOption | None = None
         self.frames_in = 0
         self.frames_out = 0
+        self.errors = 0
+        self.metrics: dict[str, dict] = {}
+        self.reason: str | None = None
+        self.initiator: str | None = None
+        # Resume: a dropped agent socket holds the call this long for a reconnect.
+        self.resume_grace_s = resume_grace_s
+        self.suspended = False
+        self._resumed = asyncio.Event()
+        self._detached = asyncio.Event()  # the current socket is done (dropped or call over)
+        self._backlog: collections.deque[str] = collections.deque(maxlen=2000)
 
     # -- output ------------------------------------------------------------------
 
     async def emit(self, event: ev.EventBase) -> None:
         if isinstance(event, ev.Answer) and not self.answered:
             await self._answered()
-        await self._send(text=ev.dump_event(event))
+        elif isinstance(event, ev.Metrics):
+            m = self.metrics.setdefault(event.key, {"count": 0, "last": 0, "max": 0})
+            m["count"] += 1
+            m["last"] = event.duration
+            m["max"] = max(m["max"], event.duration)
+        elif isinstance(event, ev.Error):
+            self.errors += 1
+        text = ev.dump_event(event)
+        if self.suspended:
+            self._backlog.append(text)  # delivered when the agent reconnects
+            return
+        await self._send(text=text)
 
     async def send_audio(self, payload: bytes) -> None:
-        if self.hangup_time is None:
+        if self.hangup_time is None and not self.suspended:
             self.frames_out += 1
             await self._send(data=payload)
 
@@ -89,23 +113,71 @@ class AgentChannel:
     async def run(self) -> None:
         with bind_call(self.call_id):
             log.info("agent connected", extra={"path": self.path})
-            reader = asyncio.create_task(self._read_loop(), name=f"ws-read-{self.call_id}")
-            watchdog = asyncio.create_task(self._watchdog(), name=f"watchdog-{self.call_id}")
             try:
-                await self._ended.wait()
+                while True:
+                    await self._serve_socket()
+                    if not self._hold_for_resume():
+                        break
+                    log.info("agent disconnected; holding the call", extra={"grace_s": self.resume_grace_s})
+                    try:
+                        await asyncio.wait_for(self._resumed.wait(), self.resume_grace_s)
+                    except asyncio.TimeoutError:
+                        self.suspended = False
+                        await self.hangup("agent_gone", "system")
+                        break
+                    self._resumed.clear()
             finally:
-                reader.cancel()
-                watchdog.cancel()
-                await asyncio.gather(reader, watchdog, return_exceptions=True)
                 if self.hangup_time is None:
                     # The agent went away without a hangup: end the call.
                     self.hangup_time = time.time()
+                    self.reason, self.initiator = "agent_disconnected", "agent"
                     log.info("agent disconnected")
                     await self.media.close("agent_disconnected")
+                self._detached.set()
                 if self._on_end:
                     await self._on_end(self)
                 log.info("call ended", extra={"frames_in": self.frames_in, "frames_out": self.frames_out,
                                               "duration_s": round(self.hangup_time - self.start_time, 3)})
+
+    async def _serve_socket(self) -> None:
+        reader = asyncio.create_task(self._read_loop(), name=f"ws-read-{self.call_id}")
+        watchdog = asyncio.create_task(self._watchdog(), name=f"watchdog-{self.call_id}")
+        try:
+            await self._ended.wait()
+        finally:
+            reader.cancel()
+            watchdog.cancel()
+            await asyncio.gather(reader, watchdog, return_exceptions=True)
+
+    def _hold_for_resume(self) -> bool:
+        if self.hangup_time is not None or not self.answered or self.resume_grace_s <= 0:
+            return False
+        self.suspended = True
+        self._ended.clear()
+        self._detached.set()
+        return True
+
+    async def resume(self, ws: WebSocket) -> None:
+        """A reconnect with this call's id: carry on over the new socket until it ends too."""
+        self.ws = ws
+        self._detached.clear()
+        self.suspended = False
+        log.info("agent reconnected", extra={"backlog": len(self._backlog)})
+        backlog, self._backlog = list(self._backlog), collections.deque(maxlen=2000)
+        for text in backlog:
+            await self._send(text=text)
+        self._resumed.set()
+        await self._detached.wait()
+
+    def record(self) -> CallRecord:
+        opt = self.option
+        return CallRecord(
+            id=self.call_id, path=self.path, caller=opt.caller if opt else None,
+            callee=opt.callee if opt else None, codec=opt.codec if opt else None,
+            start_time=iso(self.start_time), answer_time=iso(self.answer_time),
+            hangup_time=iso(self.hangup_time), reason=self.reason, initiator=self.initiator,
+            frames_in=self.frames_in, frames_out=self.frames_out, errors=self.errors, metrics=self.metrics,
+        )
 
     async def hangup(self, reason: str, initiator: str, extra: dict | None = None) -> None:
         async with self._hangup_once:
@@ -113,6 +185,7 @@ class AgentChannel:
                 return
             await self.media.close(reason)
             self.hangup_time = time.time()
+            self.reason, self.initiator = reason, initiator
             log.info("hangup", extra={"reason": reason, "initiator": initiator})
             opt = self.option
             event = ev.HangupEvent(

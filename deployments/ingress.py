@@ -6,10 +6,12 @@
 import asyncio
 import uuid
 
-from fastapi import FastAPI, HTTPException, WebSocket
+from fastapi import FastAPI, HTTPException, Request, WebSocket
 from ray import serve
 
+from voxray.deployments.auth import TokenGuard
 from voxray.deployments.registry import CallInfo
+from voxray.config import SecuritySettings
 from voxray.deployments.services import ServeModelServices
 from voxray.deployments.agent_channel import AgentChannel, iso
 from voxray.deployments.call_media import LocalMedia
@@ -34,7 +36,11 @@ api.include_router(console_router)  # GET /console: the WebRTC softphone page
 @serve.ingress(api)
 class Ingress:
     def __init__(self, vad, asr, tts, registry, media: dict | None = None,
-                 transports: dict | None = None, app_name: str = "voxray") -> None:
+                 transports: dict | None = None, app_name: str = "voxray",
+                 security: dict | None = None) -> None:
+        sec = SecuritySettings.model_validate(security or {})
+        self.guard = TokenGuard(sec.tokens())
+        self.resume_grace_s = sec.resume_grace_s
         self.services = ServeModelServices(vad, asr, tts)
         self.registry = registry
         self.media_config_dict = media or {}
@@ -65,22 +71,50 @@ class Ingress:
                 if call is not None:
                     await call.hangup("killed", "system")
 
-    @api.websocket("/call")
-    async def call(self, ws: WebSocket, id: str | None = None, dump: bool = False) -> None:
+    def _authorize(self, request: Request) -> None:
+        # Checked in each handler (not a FastAPI dependency): Serve runs a copy of the
+        # app object in the replica, so module-level state would not be this replica's.
+        if not self.guard.allows(request.headers, request.query_params):
+            log.warning("rejected http request: bad or missing token",
+                        extra={"path": request.url.path, "rejected_total": self.guard.rejected})
+            raise HTTPException(status_code=401, detail="missing or invalid token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    async def _admit(self, ws: WebSocket, call_id: str) -> bool:
+        """Auth, then: a new call (True), a resumed one (held here until it ends), or refused."""
         self._ensure_kill_listener()
-        call_id = id or uuid.uuid4().hex
-        if call_id in self.calls:
-            await ws.accept()
+        if not self.guard.allows(ws.headers, ws.query_params):
+            log.warning("rejected websocket: bad or missing token",
+                        extra={"path": ws.url.path, "client": ws.client.host if ws.client else None,
+                               "rejected_total": self.guard.rejected})
+            await ws.close(code=1008)  # before accept: the client sees HTTP 403
+            return False
+        await ws.accept()
+        existing = self.calls.get(call_id)
+        if existing is not None and existing.suspended:
+            await existing.resume(ws)
+            return False
+        if existing is not None:
             await ws.send_text(dump_event(Error(sender="protocol", error=f"call id '{call_id}' is in use", code=409)))
             await ws.close(1008)
+            return False
+        return True
+
+    def _channel(self, ws: WebSocket, call_id: str, path: str, factory) -> AgentChannel:
+        return AgentChannel(ws, call_id, path, factory, on_answer=self._on_answer, on_end=self._on_end,
+                            resume_grace_s=self.resume_grace_s)
+
+    @api.websocket("/call")
+    async def call(self, ws: WebSocket, id: str | None = None, dump: bool = False) -> None:
+        call_id = id or uuid.uuid4().hex
+        if not await self._admit(ws, call_id):
             return
-        await ws.accept()
+
         def local_media(ch: AgentChannel) -> LocalMedia:
             return LocalMedia(call_id, self.services, self.media_config,
                               emit=ch.emit, send_audio=ch.send_audio, hangup=ch.request_hangup)
 
-        await self._hold(AgentChannel(ws, call_id, "/call", local_media,
-                                      on_answer=self._on_answer, on_end=self._on_end))
+        await self._hold(self._channel(ws, call_id, "/call", local_media))
 
     async def _hold(self, call: AgentChannel) -> None:
         self.calls[call.call_id] = call
@@ -91,20 +125,15 @@ class Ingress:
 
     async def _remote_call(self, ws: WebSocket, call_id: str | None, kind: str, ua_node=None) -> None:
         """A call whose media a UA node holds; this socket carries only commands and events."""
-        self._ensure_kill_listener()
         call_id = call_id or uuid.uuid4().hex
-        await ws.accept()
-        if call_id in self.calls:
-            await ws.send_text(dump_event(Error(sender="protocol", error=f"call id '{call_id}' is in use", code=409)))
-            await ws.close(1008)
+        if not await self._admit(ws, call_id):
             return
         ua = ua_node or await self._local_ua_node()
 
         def remote_media(ch: AgentChannel) -> RemoteMedia:
             return RemoteMedia(ua, call_id, kind, emit=ch.emit, channel=ch)
 
-        await self._hold(AgentChannel(ws, call_id, f"/call/{kind}", remote_media,
-                                      on_answer=self._on_answer, on_end=self._on_end))
+        await self._hold(self._channel(ws, call_id, f"/call/{kind}", remote_media))
 
     async def _local_ua_node(self):
         if self._ua_node is None:
@@ -127,19 +156,14 @@ class Ingress:
         if ua is None:
             await self._remote_call(ws, id, "sip")
             return
-        self._ensure_kill_listener()
-        await ws.accept()
-        if id in self.calls:
-            await ws.send_text(dump_event(Error(sender="protocol", error=f"call id '{id}' is in use", code=409)))
-            await ws.close(1008)
+        if not await self._admit(ws, id):
             return
         from voxray.deployments.sip_media import InboundSipMedia
 
         def inbound_media(ch: AgentChannel) -> InboundSipMedia:
             return InboundSipMedia(ua, id, emit=ch.emit, channel=ch)
 
-        await self._hold(AgentChannel(ws, id, "/call/sip", inbound_media,
-                                      on_answer=self._on_answer, on_end=self._on_end))
+        await self._hold(self._channel(ws, id, "/call/sip", inbound_media))
 
     async def _ua_node_holding(self, call_id: str):
         """The UA node that holds call_id (an inbound SIP call waiting for its agent), or None."""
@@ -169,7 +193,8 @@ class Ingress:
         return None
 
     @api.get("/iceservers")
-    async def ice_servers(self) -> list[dict]:
+    async def ice_servers(self, request: Request) -> list[dict]:
+        self._authorize(request)
         return self.ice_server_list
 
     async def _on_answer(self, call: AgentChannel) -> None:
@@ -185,16 +210,26 @@ class Ingress:
     async def _on_end(self, call: AgentChannel) -> None:
         try:
             await self.registry.unregister.remote(call.call_id)
+            if call.option is not None:  # a socket that never set a call up leaves no record
+                await self.registry.record.remote(call.record())
         except Exception as exc:
-            log.warning("unregister failed", extra={"error": repr(exc)})
+            log.warning("call record failed", extra={"error": repr(exc)})
+
+    @api.get("/call/records")
+    async def records(self, request: Request, limit: int = 100, id: str | None = None) -> dict:
+        self._authorize(request)
+        recs = await self.registry.records.remote(max(1, min(limit, 1000)), id)
+        return {"records": [r.model_dump() for r in recs]}
 
     @api.get("/call/lists")
-    async def list_calls(self) -> dict:
+    async def list_calls(self, request: Request) -> dict:
+        self._authorize(request)
         calls = await self.registry.list.remote()
         return {"calls": [c.model_dump() for c in calls]}
 
     @api.post("/call/kill/{call_id}")
-    async def kill(self, call_id: str) -> dict:
+    async def kill(self, call_id: str, request: Request) -> dict:
+        self._authorize(request)
         self._ensure_kill_listener()
         local = self.calls.get(call_id)
         if local is not None:
@@ -206,4 +241,5 @@ class Ingress:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        return {"ok": True, "calls": len(self.calls), "replica": self.replica}
+        return {"ok": True, "calls": len(self.calls), "replica": self.replica,
+                "rejected_auth": self.guard.rejected}

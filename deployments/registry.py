@@ -8,10 +8,13 @@ replica that holds the call through a long poll each replica keeps open.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import defaultdict
 
 from pydantic import BaseModel
 from ray import serve
+
+from voxray.deployments.cdr import CallRecord, CdrStore
 
 
 class CallInfo(BaseModel):
@@ -68,8 +71,15 @@ class RegistryCore:
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 class CallRegistry:
-    def __init__(self) -> None:
+    def __init__(self, cdr_path: str | None = None) -> None:
         self.core = RegistryCore()
+        self.cdr = CdrStore(cdr_path or os.path.expanduser("~/.voxray/cdr.sqlite"))
+
+    async def record(self, rec: CallRecord) -> None:
+        await self.cdr.add(rec)
+
+    async def records(self, limit: int = 100, call_id: str | None = None) -> list[CallRecord]:
+        return await self.cdr.list(limit, call_id)
 
     async def register(self, info: CallInfo) -> None:
         self.core.register(info)

@@ -56,7 +56,9 @@ def voxray_server():
     from tests.sip_env import SIP_ENV  # SIP on free loopback ports, for tests/test_sip.py
 
     config.transports.sip = SIP_ENV.settings()
-    start_ray(num_cpus=2, dashboard=False, log=lambda *_: None)
+    # Logical CPUs: deployments reserve fractions that add up to ~2; a second app
+    # (test_security) needs room beside the first on this 2-core machine.
+    start_ray(num_cpus=8, dashboard=False, log=lambda *_: None)
     try:
         deploy(config, log=lambda *_: None)
         yield f"127.0.0.1:{config.serve.port}"

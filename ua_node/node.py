@@ -48,6 +48,7 @@ class NodeCall:
         self.finished = False  # ended and its hangup event queued: the last event
         self.polled = True  # an agent (through the ingress) reads this call's events
         self.created = time.time()
+        self.watchdog: asyncio.Task | None = None  # inactivity timeout
 
     async def emit(self, event: ev.EventBase) -> None:
         self.events.put_nowait(ev.dump_event(event))
@@ -127,6 +128,18 @@ class UaNodeCore:
         transport.on_dtmf = lambda digit: call.events.put_nowait(
             ev.dump_event(ev.Dtmf(track_id=call.call_id, digit=digit)))
         call.session.start()
+        if call.option.inactivity_timeout:
+            call.watchdog = asyncio.get_running_loop().create_task(self._watch_inactivity(call))
+
+    async def _watch_inactivity(self, call: NodeCall) -> None:
+        """A peer that stops sending media (gone without a BYE) is hung up and reported."""
+        limit = call.option.inactivity_timeout
+        while not call.ended and call.session is not None:
+            idle = time.monotonic() - call.session.last_audio_in
+            if idle >= limit:
+                await self.end_call(call.call_id, "inactivity_timeout", "server")
+                return
+            await asyncio.sleep(min(0.5, limit - idle))
 
     async def command(self, call_id: str, command_json: str) -> CommandResult:
         call = self.calls.get(call_id)
@@ -169,6 +182,8 @@ class UaNodeCore:
         if call is None or call.ended:
             return
         call.ended = True
+        if call.watchdog is not None and call.watchdog is not asyncio.current_task():
+            call.watchdog.cancel()
         try:
             with bind_call(call_id):
                 if call.session:

@@ -64,7 +64,21 @@ class Transports(BaseModel):
     sip: SipSettings = Field(default_factory=SipSettings)
 
 
+class SecuritySettings(BaseModel):
+    """Who may use the API, and how calls survive their agent's socket dropping."""
+
+    api_tokens: list[str] = Field(default_factory=list, description="accepted tokens; empty = open")
+    api_token_env: str = "VOXRAY_TOKEN"  # one more token from the environment
+    resume_grace_s: float = Field(0.0, ge=0, le=600, description="hold a call this long for the agent to reconnect")
+    cdr_path: str = "~/.voxray/cdr.sqlite"
+
+    def tokens(self) -> list[str]:
+        env = os.environ.get(self.api_token_env) if self.api_token_env else None
+        return self.api_tokens + ([env] if env else [])
+
+
 class VoxrayConfig(BaseModel):
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     transports: Transports = Field(default_factory=Transports)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)

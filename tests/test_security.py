@@ -1,0 +1,147 @@
+"""Tokens on the API, call records (CDR), and calls that survive the agent's socket dropping."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import httpx
+import pytest
+import websockets
+
+from tests.wsclient import CallClient
+from voxray.deployments.auth import TokenGuard
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "s3cret-token"
+
+
+def test_token_guard_unit():
+    open_guard = TokenGuard([])
+    assert open_guard.allows({}, {}) and not open_guard.enabled
+    g = TokenGuard(["a", "bb"])
+    assert g.allows({"authorization": "Bearer bb"}, {})
+    assert g.allows({}, {"token": "a"})
+    assert not g.allows({"authorization": "Bearer nope"}, {})
+    assert not g.allows({"authorization": "Basic a"}, {})
+    assert not g.allows({}, {})
+    assert g.rejected == 3
+
+
+@pytest.fixture(scope="module")
+def secure_server(voxray_server, tmp_path_factory):
+    """A second voxray app on the same cluster: tokens on, a 3 s resume grace, its own CDR file."""
+    from ray import serve
+
+    from voxray.config import VoxrayConfig
+    from voxray.deployments.app import build_app
+
+    config = VoxrayConfig()
+    config.serve.app_name = "voxray-secure"
+    config.security.api_tokens = [TOKEN]
+    config.security.resume_grace_s = 3.0
+    config.security.cdr_path = str(tmp_path_factory.mktemp("cdr") / "cdr.sqlite")
+    serve.run(build_app(config), name="voxray-secure", route_prefix="/secure")
+    yield f"{voxray_server}/secure"
+    serve.delete("voxray-secure")
+
+
+async def _call(server: str, call_id: str, **headers) -> CallClient:
+    url = f"ws://{server}/call?id={call_id}" + ("" if headers else f"&token={TOKEN}")
+    client = CallClient(await websockets.connect(url, additional_headers=headers, max_size=2**22))
+    return client
+
+
+async def test_websocket_needs_a_token(secure_server):
+    for url in (f"ws://{secure_server}/call", f"ws://{secure_server}/call?token=wrong"):
+        with pytest.raises(websockets.InvalidStatus) as info:
+            await websockets.connect(url)
+        assert info.value.response.status_code == 403
+    for client in (await _call(secure_server, "tok-q"),
+                   await _call(secure_server, "tok-h", Authorization=f"Bearer {TOKEN}")):
+        await client.send({"command": "invite", "option": {"codec": "pcm"}})
+        await client.wait_for("answer", timeout=15)
+        await client.send({"command": "hangup"})
+        await client.wait_for("hangup")
+        await client.close()
+
+
+async def test_http_api_needs_a_token(secure_server):
+    async with httpx.AsyncClient(base_url=f"http://{secure_server}") as http:
+        assert (await http.get("/call/lists")).status_code == 401
+        assert (await http.get("/call/lists", params={"token": "wrong"})).status_code == 401
+        r = await http.get("/call/lists", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200 and "calls" in r.json()
+        assert (await http.get("/healthz")).json()["rejected_auth"] >= 2
+
+
+async def _records(server: str, call_id: str) -> list[dict]:
+    async with httpx.AsyncClient(base_url=f"http://{server}") as http:
+        for _ in range(50):
+            recs = (await http.get("/call/records", params={"id": call_id, "token": TOKEN})).json()["records"]
+            if recs:
+                return recs
+            await asyncio.sleep(0.1)
+    return []
+
+
+async def test_every_call_leaves_a_record(secure_server):
+    client = await _call(secure_server, "cdr-1")
+    await client.send({"command": "invite", "option": {"codec": "pcmu", "caller": "alice", "callee": "bob"}})
+    await client.wait_for("answer", timeout=15)
+    await client.send({"command": "tts", "text": "Recorded.", "playId": "r"})
+    await client.wait_for("trackEnd", timeout=20)
+    await client.send({"command": "hangup", "reason": "done", "initiator": "agent"})
+    await client.wait_for("hangup")
+    await client.close()
+    (rec,) = await _records(secure_server, "cdr-1")
+    assert (rec["caller"], rec["callee"], rec["codec"], rec["path"]) == ("alice", "bob", "pcmu", "/call")
+    assert (rec["reason"], rec["initiator"]) == ("done", "agent")
+    assert rec["start_time"] <= rec["answer_time"] <= rec["hangup_time"]
+    assert rec["frames_out"] > 10 and rec["metrics"]["ttfb.tts.piper"]["count"] == 1
+
+
+async def test_dropped_agent_resumes_within_grace(secure_server):
+    client = await _call(secure_server, "resume-1")
+    await client.send({"command": "invite", "option": {"codec": "pcm"}})
+    await client.wait_for("answer", timeout=15)
+    await client.send({"command": "tts", "text": "You dropped while I was talking.", "playId": "p"})
+    await client.wait_for("trackStart", timeout=20)
+    await client.ws.close()  # the agent's network blips
+    await asyncio.sleep(1.0)
+    again = await _call(secure_server, "resume-1")
+    # Events from while it was away arrive first (the track ended meanwhile).
+    end = await again.wait_for("trackEnd", timeout=10, playId="p")
+    assert end["duration"] > 500
+    await again.send({"command": "tts", "text": "Welcome back.", "playId": "q"})
+    await again.wait_for("trackEnd", timeout=20, playId="q")
+    await again.send({"command": "hangup"})
+    await again.wait_for("hangup")
+    await again.close()
+    (rec,) = await _records(secure_server, "resume-1")
+    assert rec["reason"] == "hangup"
+
+
+async def test_dropped_agent_not_back_in_time_ends_the_call(secure_server):
+    client = await _call(secure_server, "gone-1")
+    await client.send({"command": "invite", "option": {"codec": "pcm"}})
+    await client.wait_for("answer", timeout=15)
+    await client.ws.close()
+    await asyncio.sleep(4.0)  # grace is 3 s
+    (rec,) = await _records(secure_server, "gone-1")
+    assert (rec["reason"], rec["initiator"]) == ("agent_gone", "system")
+    # The id is free again: a new call may use it.
+    fresh = await _call(secure_server, "gone-1")
+    await fresh.send({"command": "invite", "option": {"codec": "pcm"}})
+    await fresh.wait_for("answer", timeout=15)
+    await fresh.close()
+
+
+def test_env_token_is_read_by_config(monkeypatch):
+    from voxray.config import SecuritySettings
+
+    monkeypatch.setenv("VOXRAY_TOKEN", "from-env")
+    assert SecuritySettings(api_tokens=["a"]).tokens() == ["a", "from-env"]
+    monkeypatch.delenv("VOXRAY_TOKEN")
+    assert os.environ.get("VOXRAY_TOKEN") is None and SecuritySettings().tokens() == []
