@@ -38,6 +38,11 @@ def ensure_ua_nodes(app_name: str = "voxray", media: dict | None = None,
 def kill_ua_nodes() -> None:
     for n in ray.nodes():
         try:
-            ray.kill(ray.get_actor(ua_node_name(n["NodeID"]), namespace=NAMESPACE))
+            actor = ray.get_actor(ua_node_name(n["NodeID"]), namespace=NAMESPACE)
         except ValueError:
+            continue
+        try:  # end calls and stop transports cleanly first (SIP: BYEs, un-REGISTER)
+            ray.get(actor.shutdown.remote(), timeout=10)
+        except Exception:
             pass
+        ray.kill(actor)

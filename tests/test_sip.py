@@ -282,7 +282,9 @@ async def test_inbound_call_speech_asr_tts_dtmf_and_bye(voxray_server, webhook, 
     try:
         incoming = await client.wait_for("incoming", timeout=15)
         assert "PCMA" in incoming["sdp"] and incoming["caller"] == hook["caller"]
-        await client.send({"command": "accept", "option": {"caller": hook["caller"]}})
+        recording = sip_workdir / f"recording-{hook['call_id']}.wav"
+        await client.send({"command": "accept", "option": {
+            "caller": hook["caller"], "recorder": {"recorderFile": str(recording)}}})
         answer = await client.wait_for("answer", timeout=15)
         assert "m=audio" in answer["sdp"]
 
@@ -303,6 +305,16 @@ async def test_inbound_call_speech_asr_tts_dtmf_and_bye(voxray_server, webhook, 
         assert await caller.wait(30) == 0, caller.text()[-2000:]
     finally:
         await client.close()
+
+    # The recorder wrote both sides (caller's speech and the agent's reply) to one WAV.
+    from voxray.speech import read_wav
+
+    for _ in range(50):
+        if recording.exists() and recording.stat().st_size > 16000:
+            break
+        await asyncio.sleep(0.2)
+    rec, rate = read_wav(recording)
+    assert rate == 16000 and rec.size > 5 * rate and np.abs(rec.astype(np.int32)).max() > 3000
 
     if capture is None:
         pytest.skip("tcpdump cannot capture on lo here: TTS-over-RTP check skipped (the rest passed)")
@@ -429,3 +441,24 @@ async def test_register_to_kamailio_inbound_through_proxy_and_refer_with_moh(
     log = kamailio.text()
     assert "VOXRAY-INDIALOG REFER" in log, log[-3000:]  # the REFER went through the proxy
     assert re.search(r"Refer-To: <?sip:transfer-target@127\.0\.0\.1", sipp_messages(scenario, sip_workdir))
+
+
+async def test_rule_routes_g722_call_and_rtp_timeout_hangs_up(voxray_server, webhook, sip_workdir, peers):
+    """A callee matching a rule goes to the rule's URL; G722 is chosen when offered first; a
+    caller that sends no RTP is hung up (BYE) after inactivityTimeout and the agent told."""
+    caller = await peers(sipp(HERE / "uac_silent.xml", sip_workdir, "-key", "callee", "rule-support",
+                              f"127.0.0.1:{SIP_ENV.sip_port}", timeout_s=90))
+    hook = await webhook.next("/rule")
+    assert hook["callee"].startswith("sip:rule-support@")
+    client = await _agent(voxray_server, hook["call_id"])
+    try:
+        await client.wait_for("incoming", timeout=15)
+        await client.send({"command": "accept", "option": {"inactivityTimeout": 2}})
+        answer = await client.wait_for("answer", timeout=15)
+        m_line = next(line for line in answer["sdp"].splitlines() if line.startswith("m=audio"))
+        assert m_line.split()[3] == "9", answer["sdp"]  # G722 (payload type 9) first
+        hangup = await client.wait_for("hangup", timeout=30)
+        assert hangup["reason"] == "inactivity_timeout" and hangup["initiator"] == "server", hangup
+        assert await caller.wait(20) == 0, caller.text()[-2000:]
+    finally:
+        await client.close()

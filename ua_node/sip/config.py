@@ -38,8 +38,9 @@ class SipSettings(BaseModel):
     webhook_url: str | None = Field(None, description="POSTed for each inbound call no rule routes")
     webhook_timeout_s: float = 5.0
     rules: list[SipRule] = Field(default_factory=list)
-    codecs: list[str] = Field(default_factory=lambda: ["PCMU/8000", "PCMA/8000", "G722/16000"],
-                              description="offered codecs, in order of preference (pjsua2 ids)")
+    codecs: list[str] = Field(default_factory=lambda: ["G722/16000", "PCMU/8000", "PCMA/8000"],
+                              description="codecs, in order of preference (pjsua2 ids); G722 first: "
+                                          "wideband speech helps ASR")
     answer_timeout_s: float = Field(60.0, description="an inbound call the agent leaves unanswered is rejected (408)")
     session_timer_s: int = Field(1800, ge=90, description="SIP session timer (RFC 4028) interval")
     log_level: int = Field(1, ge=0, le=6, description="pjsip's own log level")

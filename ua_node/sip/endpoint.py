@@ -152,11 +152,12 @@ class SipEndpoint:
                     call.ephemeral_account = None
                 continue
             if call.check_rtp(t.inactivity_s):
+                # Report first: the hangup's own DISCONNECTED report must not win the race.
+                self.stack.to_loop(t.pj_inactive)
                 try:
                     call.hangup(pj.CallOpParam())
                 except pj.Error:
                     pass
-                self.stack.to_loop(t.pj_inactive)
 
     # -- inbound -------------------------------------------------------------------------------
 
