@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from voxray.deployments.call_media import CallMedia
 from voxray.deployments.cdr import CallRecord
+from voxray import metrics
 from voxray.logs import bind_call, get_logger
 from voxray.protocol import commands as cmd
 from voxray.protocol import events as ev
@@ -79,8 +80,12 @@ class AgentChannel:
             m["count"] += 1
             m["last"] = event.duration
             m["max"] = max(m["max"], event.duration)
+            kind, _, provider = event.key.removeprefix("ttfb.").partition(".")
+            if event.key.startswith("ttfb.") and kind in ("asr", "tts"):
+                metrics.observe(f"{kind}_ms", event.duration, provider=provider)
         elif isinstance(event, ev.Error):
             self.errors += 1
+            metrics.inc("errors_total", sender=event.sender)
         text = ev.dump_event(event)
         if self.suspended:
             self._backlog.append(text)  # delivered when the agent reconnects
@@ -90,6 +95,8 @@ class AgentChannel:
     async def send_audio(self, payload: bytes) -> None:
         if self.hangup_time is None and not self.suspended:
             self.frames_out += 1
+            if self.frames_out % 50 == 0:  # per second of audio, not per frame
+                metrics.inc("frames_total", 50, direction="out")
             await self._send(data=payload)
 
     async def request_hangup(self, reason: str, initiator: str) -> None:
@@ -246,6 +253,8 @@ class AgentChannel:
             await self._error("media", f"audio frame of {len(payload)} bytes exceeds {MAX_AUDIO_FRAME_BYTES}", 413)
             return
         self.frames_in += 1
+        if self.frames_in % 50 == 0:
+            metrics.inc("frames_total", 50, direction="in")
         try:
             await self.media.feed(payload)
         except CodecError as exc:

@@ -17,6 +17,7 @@ from voxray.deployments.agent_channel import AgentChannel, iso
 from voxray.deployments.call_media import LocalMedia
 from voxray.deployments.console import router as console_router
 from voxray.deployments.remote_media import RemoteMedia
+from voxray import metrics
 from voxray.logs import get_logger
 from voxray.protocol.events import Error, dump_event
 from voxray.ua_node.media.session import MediaConfig
@@ -75,6 +76,7 @@ class Ingress:
         # Checked in each handler (not a FastAPI dependency): Serve runs a copy of the
         # app object in the replica, so module-level state would not be this replica's.
         if not self.guard.allows(request.headers, request.query_params):
+            metrics.inc("auth_rejected_total")
             log.warning("rejected http request: bad or missing token",
                         extra={"path": request.url.path, "rejected_total": self.guard.rejected})
             raise HTTPException(status_code=401, detail="missing or invalid token",
@@ -84,6 +86,7 @@ class Ingress:
         """Auth, then: a new call (True), a resumed one (held here until it ends), or refused."""
         self._ensure_kill_listener()
         if not self.guard.allows(ws.headers, ws.query_params):
+            metrics.inc("auth_rejected_total")
             log.warning("rejected websocket: bad or missing token",
                         extra={"path": ws.url.path, "client": ws.client.host if ws.client else None,
                                "rejected_total": self.guard.rejected})
@@ -118,10 +121,16 @@ class Ingress:
 
     async def _hold(self, call: AgentChannel) -> None:
         self.calls[call.call_id] = call
+        self._count_active(call.path)
         try:
             await call.run()
         finally:
             self.calls.pop(call.call_id, None)
+            self._count_active(call.path)
+            metrics.inc("calls_total", path=call.path, reason=call.reason or "unknown")
+
+    def _count_active(self, path: str) -> None:
+        metrics.set_gauge("calls_active", sum(1 for c in self.calls.values() if c.path == path), path=path)
 
     async def _remote_call(self, ws: WebSocket, call_id: str | None, kind: str, ua_node=None) -> None:
         """A call whose media a UA node holds; this socket carries only commands and events."""

@@ -9,6 +9,7 @@ from ray import serve
 
 from voxray.deployments.messages import VadBatch, VadBatchResult
 from voxray.deployments.silero import SileroBatch
+from voxray import metrics
 from voxray.logs import get_logger
 
 log = get_logger("voxray.vad")
@@ -21,9 +22,19 @@ class VadDeployment:
         log.info("silero vad loaded")
 
     async def infer(self, batch: VadBatch) -> VadBatchResult:
-        t0 = time.perf_counter()
-        results = await asyncio.to_thread(self._model.run, batch.chunks)
-        return VadBatchResult(results=results, compute_ms=(time.perf_counter() - t0) * 1000)
+        return await self._infer_many(batch)
 
-    async def check_health(self) -> None:
-        return None
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def _infer_many(self, batches: list[VadBatch]) -> list[VadBatchResult]:
+        """Requests from every ingress replica and UA node in one model pass per window."""
+        chunks = [c for b in batches for c in b.chunks]
+        t0 = time.perf_counter()
+        results = await asyncio.to_thread(self._model.run, chunks)
+        compute_ms = (time.perf_counter() - t0) * 1000
+        metrics.observe("vad_batch", len(chunks))
+        metrics.observe("vad_ms", compute_ms)
+        out, i = [], 0
+        for b in batches:
+            out.append(VadBatchResult(results=results[i:i + len(b.chunks)], compute_ms=compute_ms))
+            i += len(b.chunks)
+        return out

@@ -1,0 +1,91 @@
+"""Faults survived: a model replica killed in the middle of a call."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+import ray
+from ray import serve
+
+from tests.conftest import SENTENCE
+from tests.test_models import wer
+from tests.wsclient import CallClient
+
+pytestmark = pytest.mark.e2e
+
+
+def _kill_replica(deployment: str, app: str = "voxray") -> str:
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        name = actor["name"]
+        if name.startswith("SERVE_REPLICA") and f"{app}#{deployment}#" in name:
+            ray.kill(ray.get_actor(name, namespace=actor["namespace"]), no_restart=True)
+            return name
+    raise AssertionError(f"no replica of {deployment}")
+
+
+async def _healthy(deployment: str, app: str = "voxray", timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = await asyncio.to_thread(serve.status)
+        dep = status.applications[app].deployments[deployment]
+        if str(dep.status.value if hasattr(dep.status, "value") else dep.status) == "HEALTHY":
+            alive = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                     if f"{app}#{deployment}#" in a["name"]]
+            if alive:
+                return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{deployment} did not recover")
+
+
+async def _invite(server: str) -> CallClient:
+    client = await CallClient.connect(f"ws://{server}/call")
+    await client.send({"command": "invite", "option": {"codec": "pcm"}})
+    await client.wait_for("answer", timeout=15)
+    return client
+
+
+async def _speak(client: CallClient, speech16k: np.ndarray) -> None:
+    await client.stream(np.concatenate([np.zeros(4000, np.int16), speech16k,
+                                        np.zeros(16000, np.int16)]).tobytes(), 640)
+
+
+@pytest.mark.parametrize("deployment", ["AsrDeployment", "VadDeployment"])
+async def test_call_survives_a_killed_model_replica(voxray_server, speech16k, deployment):
+    client = await _invite(voxray_server)
+    try:
+        sender = asyncio.create_task(_speak(client, speech16k))
+        # ASR: kill as the utterance ends (its request is in flight or about to be);
+        # VAD: kill while the caller is talking.
+        await client.wait_for("silence" if deployment == "AsrDeployment" else "speaking", timeout=30)
+        killed = await asyncio.to_thread(_kill_replica, deployment)
+        await sender
+        # Keep the line open while the replica is replaced.
+        keepalive = asyncio.create_task(client.stream(np.zeros(16000 * 60, np.int16).tobytes(), 640))
+        try:
+            final = await client.wait_for("asrFinal", timeout=90)
+        finally:
+            keepalive.cancel()
+        assert wer(SENTENCE, final["text"]) <= 0.5, (killed, final["text"])
+        # The call is still fully usable afterwards.
+        n = len(client.events)
+        await client.send({"command": "tts", "text": "Still here.", "playId": "after"})
+        await client.wait_for("trackEnd", after=n, playId="after", timeout=60)
+    finally:
+        await client.close()
+        await _healthy(deployment)
+
+
+async def test_tts_replica_killed_then_tts_retries(voxray_server):
+    client = await _invite(voxray_server)
+    try:
+        await asyncio.to_thread(_kill_replica, "TtsDeployment")
+        await client.send({"command": "tts", "text": "The show goes on.", "playId": "t"})
+        end = await client.wait_for("trackEnd", playId="t", timeout=90)
+        assert end["duration"] > 500
+        assert "error" not in client.names()
+    finally:
+        await client.close()
+        await _healthy("TtsDeployment")
