@@ -145,3 +145,36 @@ def test_env_token_is_read_by_config(monkeypatch):
     assert SecuritySettings(api_tokens=["a"]).tokens() == ["a", "from-env"]
     monkeypatch.delenv("VOXRAY_TOKEN")
     assert os.environ.get("VOXRAY_TOKEN") is None and SecuritySettings().tokens() == []
+
+
+async def test_console_uses_the_token_for_webrtc_and_the_api(secure_server, tmp_path, speech16k):
+    """The console opened as /console?token=...: its WebSocket and fetches carry the token."""
+    from tests.test_console_browser import CHROMIUM, chromium_args
+    from voxray.speech import write_wav
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium; scripts/install.sh does)")
+    from playwright.async_api import async_playwright
+
+    wav = tmp_path / "mic.wav"
+    write_wav(wav, speech16k)
+    async with async_playwright() as pw:
+        ctx = await pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True,
+            args=chromium_args(wav), permissions=["microphone"])
+        try:
+            page = await ctx.new_page()
+            await page.goto(f"http://{secure_server}/console")  # no token: the socket is refused
+            await page.click("#call")
+            await page.wait_for_function("['failed', 'ended'].includes(window.voxray.state)", timeout=30_000)
+            await page.goto(f"http://{secure_server}/console?token={TOKEN}")
+            await page.click("#call")
+            await page.wait_for_function("window.voxray.state === 'in-call'", timeout=60_000)
+            call_id = await page.evaluate("window.voxray.callId")
+            # The call list (an authorized fetch) shows this call.
+            await page.wait_for_function(
+                f"document.body.innerText.includes({call_id!r})", timeout=15_000)
+            await page.click("#hangup")
+            await page.wait_for_function("window.voxray.events.some(e => e.event === 'hangup')", timeout=30_000)
+        finally:
+            await ctx.close()

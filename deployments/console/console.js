@@ -31,11 +31,21 @@ function setState(state, detail) {
   $("call").disabled = live || state === "connecting";
 }
 
+// The API token, when the server requires one: open the console as /console?token=...
+const apiToken = new URLSearchParams(location.search).get("token");
+
 // Relative to the page, so the console works under any route prefix.
 function wsUrl(path) {
   const url = new URL(path, location.href);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  if (apiToken) url.searchParams.set("token", apiToken);  // browsers cannot set WS headers
   return url.toString();
+}
+
+function apiFetch(path, options = {}) {
+  const headers = { ...(options.headers || {}) };
+  if (apiToken) headers.Authorization = `Bearer ${apiToken}`;
+  return fetch(path, { ...options, headers });
 }
 
 function sendCommand(command) {
@@ -120,7 +130,7 @@ setInterval(() => {
 
 async function iceServers() {
   try {
-    const r = await fetch("iceservers");
+    const r = await apiFetch("iceservers");
     return r.ok ? await r.json() : [];
   } catch {
     return [];
@@ -212,7 +222,7 @@ function endCall(state, detail) {
 async function refreshCalls() {
   let calls;
   try {
-    const r = await fetch("call/lists");
+    const r = await apiFetch("call/lists");
     calls = (await r.json()).calls ?? [];
   } catch {
     return;
@@ -233,7 +243,7 @@ async function refreshCalls() {
     const kill = document.createElement("button");
     kill.className = "small danger";
     kill.textContent = "Kill";
-    kill.onclick = () => fetch(`call/kill/${encodeURIComponent(c.id)}`, { method: "POST" }).then(refreshCalls);
+    kill.onclick = () => apiFetch(`call/kill/${encodeURIComponent(c.id)}`, { method: "POST" }).then(refreshCalls);
     tr.appendChild(document.createElement("td")).appendChild(kill);
     body.appendChild(tr);
   }
