@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from voxray.deployments.call_dump import CallDump
 from voxray.deployments.call_media import CallMedia
 from voxray.deployments.cdr import CallRecord
 from voxray import metrics
@@ -41,8 +42,9 @@ class AgentChannel:
                  on_answer: Callable[["AgentChannel"], Awaitable[None]] | None = None,
                  on_end: Callable[["AgentChannel"], Awaitable[None]] | None = None,
                  handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
-                 resume_grace_s: float = 0.0) -> None:
+                 resume_grace_s: float = 0.0, dump: CallDump | None = None) -> None:
         self.ws = ws
+        self.dump = dump
         self.call_id = call_id
         self.path = path
         self.media: CallMedia = media_factory(self)
@@ -87,6 +89,8 @@ class AgentChannel:
             self.errors += 1
             metrics.inc("errors_total", sender=event.sender)
         text = ev.dump_event(event)
+        if self.dump is not None:
+            self.dump.record("out", text)
         if self.suspended:
             self._backlog.append(text)  # delivered when the agent reconnects
             return
@@ -141,6 +145,8 @@ class AgentChannel:
                     log.info("agent disconnected")
                     await self.media.close("agent_disconnected")
                 self._detached.set()
+                if self.dump is not None:
+                    await self.dump.flush()
                 if self._on_end:
                     await self._on_end(self)
                 log.info("call ended", extra={"frames_in": self.frames_in, "frames_out": self.frames_out,
@@ -203,9 +209,12 @@ class AgentChannel:
                 to=ev.Attendee(username=opt.callee) if opt and opt.callee else None,
                 extra=extra,
             )
+            text = ev.dump_event(event)
+            if self.dump is not None:
+                self.dump.record("out", text)
             async with self._send_lock:
                 try:
-                    await self.ws.send_text(ev.dump_event(event))
+                    await self.ws.send_text(text)
                     await self.ws.close(1000)
                 except (WebSocketDisconnect, RuntimeError, ConnectionError):
                     pass
@@ -263,6 +272,8 @@ class AgentChannel:
             await self._error("media", exc.message, exc.code)
 
     async def _on_text(self, text: str) -> None:
+        if self.dump is not None:
+            self.dump.record("in", text[:65536])
         try:
             command = cmd.parse_command(text)
         except ProtocolError as exc:

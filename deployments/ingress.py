@@ -14,6 +14,7 @@ from voxray.deployments.registry import CallInfo
 from voxray.config import SecuritySettings
 from voxray.deployments.services import ServeModelServices
 from voxray.deployments.agent_channel import AgentChannel, iso
+from voxray.deployments.call_dump import CallDump
 from voxray.deployments.call_media import LocalMedia
 from voxray.deployments.console import router as console_router
 from voxray.deployments.remote_media import RemoteMedia
@@ -42,6 +43,7 @@ class Ingress:
         sec = SecuritySettings.model_validate(security or {})
         self.guard = TokenGuard(sec.tokens())
         self.resume_grace_s = sec.resume_grace_s
+        self.dump_dir = sec.dump_dir
         self.services = ServeModelServices(vad, asr, tts)
         self.registry = registry
         self.media_config_dict = media or {}
@@ -104,8 +106,10 @@ class Ingress:
         return True
 
     def _channel(self, ws: WebSocket, call_id: str, path: str, factory) -> AgentChannel:
+        dump = ws.query_params.get("dump", "").lower() in ("1", "true", "yes")
         return AgentChannel(ws, call_id, path, factory, on_answer=self._on_answer, on_end=self._on_end,
-                            resume_grace_s=self.resume_grace_s)
+                            resume_grace_s=self.resume_grace_s,
+                            dump=CallDump(self.dump_dir, call_id) if dump else None)
 
     @api.websocket("/call")
     async def call(self, ws: WebSocket, id: str | None = None, dump: bool = False) -> None:

@@ -178,3 +178,33 @@ async def test_console_uses_the_token_for_webrtc_and_the_api(secure_server, tmp_
             await page.wait_for_function("window.voxray.events.some(e => e.event === 'hangup')", timeout=30_000)
         finally:
             await ctx.close()
+
+
+async def test_dump_writes_every_command_and_event(secure_server, tmp_path):
+    import uuid
+
+    from voxray.config import SecuritySettings
+
+    call_id = f"dumped-{uuid.uuid4().hex[:8]}"
+    client = CallClient(await websockets.connect(
+        f"ws://{secure_server}/call?id={call_id}&dump=true&token={TOKEN}", max_size=2**22))
+    await client.send({"command": "invite", "option": {"codec": "pcm"}})
+    await client.wait_for("answer", timeout=15)
+    await client.send("{broken")
+    await client.wait_for("error")
+    await client.send({"command": "hangup"})
+    await client.wait_for("hangup")
+    await client.close()
+    path = os.path.expanduser(os.path.join(SecuritySettings().dump_dir, f"{call_id}.jsonl"))
+    for _ in range(50):
+        if os.path.exists(path) and "hangup" in open(path).read():
+            break
+        await asyncio.sleep(0.1)
+    import json
+
+    lines = [json.loads(line) for line in open(path)]
+    assert [(x["dir"], json.loads(x["msg"])["command"] if x["dir"] == "in" and x["msg"].startswith('{"') else None)
+            for x in lines][0] == ("in", "invite")
+    events = [json.loads(x["msg"])["event"] for x in lines if x["dir"] == "out"]
+    assert events == ["answer", "error", "hangup"]
+    assert any(x["msg"] == "{broken" for x in lines)

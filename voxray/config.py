@@ -71,6 +71,7 @@ class SecuritySettings(BaseModel):
     api_token_env: str = "VOXRAY_TOKEN"  # one more token from the environment
     resume_grace_s: float = Field(0.0, ge=0, le=600, description="hold a call this long for the agent to reconnect")
     cdr_path: str = "~/.voxray/cdr.sqlite"
+    dump_dir: str = Field("~/.voxray/dumps", description="where `dump=true` calls write their JSON lines")
 
     def tokens(self) -> list[str]:
         env = os.environ.get(self.api_token_env) if self.api_token_env else None
