@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from voxray.providers.base import AsrProvider, CallCredentials, ProviderError, Transcript, TtsChunk, TtsProvider
-from voxray.providers.http_common import HttpProvider
+from voxray.providers.http_common import HttpProvider, stream_pcm
 
 SPEAK_RATE = 16000
 
@@ -49,17 +49,7 @@ class DeepgramTts(HttpProvider, TtsProvider):
         endpoint, key, model = self.resolve(creds)
         params = {"model": speaker or model or "aura-asteria-en", "encoding": "linear16",
                   "sample_rate": str(SPEAK_RATE), "container": "none"}
-        async with self.client.stream(
-            "POST", f"{endpoint}/v1/speak", params=params, json={"text": text},
-            headers={"Authorization": f"Token {key}"} if key else {},
-        ) as resp:
-            if resp.status_code >= 400:
-                await resp.aread()
-            self.check(resp, f"{self.name} speak")
-            carry = b""
-            async for chunk in resp.aiter_bytes():
-                data = carry + chunk
-                cut = len(data) // 2 * 2
-                carry = data[cut:]
-                if cut:
-                    yield TtsChunk(pcm=data[:cut], sample_rate=SPEAK_RATE)
+        async for chunk in stream_pcm(self.client, f"{self.name} speak", SPEAK_RATE, "POST",
+                                      f"{endpoint}/v1/speak", params=params, json={"text": text},
+                                      headers={"Authorization": f"Token {key}"} if key else {}):
+            yield chunk

@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import os
 import wave
+from collections.abc import AsyncIterator
 
 import httpx
 import numpy as np
 
-from voxray.providers.base import CallCredentials, ProviderError
+from voxray.providers.base import CallCredentials, ProviderError, TtsChunk
 
 
 def wav_bytes(pcm16k: np.ndarray, rate: int = 16000) -> bytes:
@@ -56,3 +57,19 @@ class HttpProvider:
     def check(resp: httpx.Response, what: str) -> None:
         if resp.status_code >= 400:
             raise ProviderError(f"{what} answered HTTP {resp.status_code}: {resp.text[:200]}")
+
+
+async def stream_pcm(client: httpx.AsyncClient, what: str, rate: int, method: str, url: str,
+                     **kw) -> AsyncIterator[TtsChunk]:
+    """POST to a speech endpoint that streams raw 16-bit PCM; yield whole samples as they come."""
+    async with client.stream(method, url, **kw) as resp:
+        if resp.status_code >= 400:
+            await resp.aread()
+        HttpProvider.check(resp, what)
+        carry = b""
+        async for chunk in resp.aiter_bytes():
+            data = carry + chunk
+            cut = len(data) // 2 * 2  # a chunk may end mid-sample
+            carry = data[cut:]
+            if cut:
+                yield TtsChunk(pcm=data[:cut], sample_rate=rate)

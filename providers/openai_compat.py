@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from voxray.providers.base import AsrProvider, CallCredentials, Transcript, TtsChunk, TtsProvider
-from voxray.providers.http_common import HttpProvider, wav_bytes
+from voxray.providers.http_common import HttpProvider, stream_pcm, wav_bytes
 
 OPENAI_PCM_RATE = 24000  # `response_format: pcm` is 24 kHz 16-bit mono
 
@@ -50,17 +50,7 @@ class OpenAiTts(HttpProvider, TtsProvider):
         endpoint, key, model = self.resolve(creds)
         body = {"model": model or "tts-1", "input": text, "voice": speaker or self.voice,
                 "response_format": "pcm", "speed": speed}
-        async with self.client.stream(
-            "POST", f"{endpoint}/v1/audio/speech", json=body,
-            headers={"Authorization": f"Bearer {key}"} if key else {},
-        ) as resp:
-            if resp.status_code >= 400:
-                await resp.aread()
-            self.check(resp, f"{self.name} speech")
-            carry = b""
-            async for chunk in resp.aiter_bytes():
-                data = carry + chunk
-                cut = len(data) // 2 * 2  # whole samples only
-                carry = data[cut:]
-                if cut:
-                    yield TtsChunk(pcm=data[:cut], sample_rate=OPENAI_PCM_RATE)
+        async for chunk in stream_pcm(self.client, f"{self.name} speech", OPENAI_PCM_RATE, "POST",
+                                      f"{endpoint}/v1/audio/speech", json=body,
+                                      headers={"Authorization": f"Bearer {key}"} if key else {}):
+            yield chunk
