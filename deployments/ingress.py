@@ -152,7 +152,8 @@ class Ingress:
         if self._ua_node is None:
             from voxray.cluster.placement import local_ua_node
 
-            ua = local_ua_node(self.app_name, self.media_config_dict, self.transports)
+            # Looking the actor up (or creating it) is a blocking GCS round trip: off the loop.
+            ua = await asyncio.to_thread(local_ua_node, self.app_name, self.media_config_dict, self.transports)
             await ua.ready.remote()
             self._ua_node = ua
         return self._ua_node
