@@ -1,16 +1,30 @@
-"""ASR deployment: hosts the ASR providers and transcribes whole utterances."""
+"""ASR deployment: hosts the ASR providers and transcribes whole utterances.
+
+Utterances for the local Whisper from many calls are batched (`serve.batch`): while
+one model call runs, the next utterances queue and go together in the next one, so
+throughput grows with load. Other providers are called per request.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+import asyncio
+import time
+
 from ray import serve
 
+from voxray import metrics
+from voxray.deployments.asr_batch import batch_provider, transcribe_batch, transcribe_single
 from voxray.deployments.messages import AsrRequest, AsrResult
 from voxray.logs import bind_call, get_logger
 from voxray.providers.catalog import ProvidersConfig, build_asr
 from voxray.providers.fallback import AsrChain
 
 log = get_logger("voxray.asr")
+
+# 8 x 30 s windows is ~1 GB of encoder activations at most for tiny; the batch
+# wait is short because, under load, requests pile up during the previous batch.
+MAX_BATCH = 8
+BATCH_WAIT_S = 0.02
 
 
 def make_asr_chain(providers: ProvidersConfig, default_model: str | None = None,
@@ -27,10 +41,8 @@ def make_asr_chain(providers: ProvidersConfig, default_model: str | None = None,
 
 
 async def transcribe_request(chain: AsrChain, req: AsrRequest) -> AsrResult:
-    t, name, failures = await chain.transcribe(
-        np.frombuffer(req.pcm, dtype="<i2"), req.language, req.provider, req.creds)
-    return AsrResult(text=t.text, provider=name, language=t.language, audio_s=t.audio_s,
-                     compute_s=t.compute_s, failures=failures)
+    """One request, unbatched (the in-process services and non-batchable providers)."""
+    return await transcribe_single(chain, req)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
@@ -43,7 +55,28 @@ class AsrDeployment:
 
     async def transcribe(self, req: AsrRequest) -> AsrResult:
         with bind_call(req.call_id):
-            result = await transcribe_request(self.chain, req)
+            if batch_provider(self.chain, req) is not None:
+                result = await self._transcribe_many(req)
+            else:
+                result = await transcribe_request(self.chain, req)
             log.info("transcribed", extra={"provider": result.provider, "audio_s": round(result.audio_s, 3),
-                                           "compute_s": round(result.compute_s, 3)})
+                                           "compute_s": round(result.compute_s, 3),
+                                           "batch": result.batch_size})
         return result
+
+    @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S)
+    async def _transcribe_many(self, reqs: list[AsrRequest]) -> list[AsrResult]:
+        # Requests may name different local Whisper providers: one model call per provider.
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(reqs):
+            groups.setdefault(id(batch_provider(self.chain, r)), []).append(i)
+        t0 = time.perf_counter()
+        done = await asyncio.gather(*(transcribe_batch(self.chain, [reqs[i] for i in idx])
+                                      for idx in groups.values()))
+        metrics.observe("asr_batch", len(reqs))
+        metrics.observe("asr_batch_ms", (time.perf_counter() - t0) * 1000)
+        out: list[AsrResult | None] = [None] * len(reqs)
+        for idx, results in zip(groups.values(), done, strict=True):
+            for i, res in zip(idx, results, strict=True):
+                out[i] = res
+        return out  # type: ignore[return-value]

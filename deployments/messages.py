@@ -47,6 +47,7 @@ class AsrResult(BaseModel):
     audio_s: float = 0.0
     compute_s: float = 0.0
     failures: list[str] = Field(default_factory=list)  # providers that failed before this one
+    batch_size: int = 1  # utterances transcribed in the same model call (ASR batching)
 
 
 class TtsRequest(BaseModel):

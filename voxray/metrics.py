@@ -32,6 +32,9 @@ def _registry():
                             tag_keys=("provider",)),
         "vad_batch": Histogram("voxray_vad_batch_streams", "streams per VAD model call",
                                boundaries=[1, 2, 4, 8, 16, 32, 64, 128]),
+        "asr_batch": Histogram("voxray_asr_batch_utterances", "utterances per Whisper model call",
+                               boundaries=[1, 2, 4, 8]),
+        "asr_batch_ms": Histogram("voxray_asr_batch_compute_ms", "Whisper time per batch", boundaries=_MS_BUCKETS),
         "vad_ms": Histogram("voxray_vad_compute_ms", "VAD model time per batch", boundaries=[1, 2, 5, 10, 20, 50]),
     }
 
