@@ -1,4 +1,10 @@
-"""End-to-end latency and CPU bench for voxray's `/call` WebSocket.
+"""voxray's bench: end-to-end calls, VAD and ASR throughput, Ray hop overhead.
+
+One command prints every table: the VAD throughput comparison (bench/vad_throughput.py),
+ASR batching gain (bench/asr_throughput.py), the end-to-end table below, and the
+per-hop Ray overhead (bench/ray_hops.py) measured inside the same running app.
+
+End-to-end latency and CPU for voxray's `/call` WebSocket:
 
 Starts an embedded Ray with the voxray Serve app on a free loopback port, then,
 for each concurrency level, holds N simultaneous calls that each speak one
@@ -10,8 +16,12 @@ sentence in real time and measure:
 - first-TTS-audio latency: the same end of speech -> the first binary frame of the
   reply that the client asks for as soon as `asrFinal` arrives.
 - CPU of the Ray processes (all descendants of this process) per concurrent call.
+- memory per call: peak RSS of the Ray processes during the level minus their RSS
+  before it, per concurrent call.
+- dropped: utterances that did not get asrFinal and reply audio in time (must be 0;
+  the timeouts grow with the level, since 64 calls on 2 cores run far slower than real time).
 
-Run: .venv/bin/python bench/run.py [--calls 1,4,8] [--rounds 3] [--quick]
+Run: .venv/bin/python bench/run.py [--calls 1,8,32,64] [--rounds 2] [--quick]
 Prints a table; the same results go to bench/results/latest.json.
 """
 
@@ -52,8 +62,13 @@ ANSWER_TIMEOUT_S = 10.0
 ASR_TIMEOUT_S = 20.0  # after end of speech
 TTS_TIMEOUT_S = 20.0  # after the tts command
 HANGUP_TIMEOUT_S = 30.0
+# Every stage's timeout grows by this per concurrent call: on 2 cores, 64 calls'
+# utterances queue for the one ASR replica; slow is measured, only failure is a drop.
+PER_CALL_SLACK_S = 1.0
+RSS_SAMPLE_S = 1.0
 IDLE_S = 5.0  # how long Ray's idle CPU is sampled before the levels
 DEPLOY_TIMEOUT_S = 420.0
+HOPS_BOUND_S = 600.0  # the hop measurement's share of the watchdog's budget
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -108,6 +123,16 @@ class RoundResult:
     server_asr_ms: float | None = None  # ASR request round trip, queueing included
     asr_compute_ms: float | None = None  # Whisper alone
     server_tts_ms: float | None = None  # tts command -> first synthesized chunk
+
+
+class Timeouts:
+    """Per-stage timeouts of the level being run (they grow with its call count)."""
+
+    slack_s = 0.0
+
+    @classmethod
+    def for_level(cls, calls: int) -> None:
+        cls.slack_s = PER_CALL_SLACK_S * (calls - 1)
 
 
 def note(event: dict, result: RoundResult) -> None:
@@ -178,7 +203,7 @@ async def wait_event(ws, name: str, deadline: float, result: RoundResult) -> dic
 
 async def wait_final_after_eos(ws, eos: asyncio.Future, audio: CallerAudio, result: RoundResult) -> dict:
     """The first asrFinal that arrives once the whole sentence has been sent."""
-    deadline = time.monotonic() + audio.eos_frame * FRAME_S + ASR_TIMEOUT_S
+    deadline = time.monotonic() + audio.eos_frame * FRAME_S + ASR_TIMEOUT_S + Timeouts.slack_s
     while True:
         event = await wait_event(ws, "asrFinal", deadline, result)
         if eos.done():
@@ -198,7 +223,7 @@ async def hang_up(ws, result: RoundResult) -> None:
     """Ask for the hangup and wait (bounded) for the server to confirm it."""
     try:
         await ws.send(json.dumps({"command": "hangup"}))
-        await wait_event(ws, "hangup", time.monotonic() + HANGUP_TIMEOUT_S, result)
+        await wait_event(ws, "hangup", time.monotonic() + HANGUP_TIMEOUT_S + Timeouts.slack_s, result)
         result.hangup_ok = True
     except (Dropped, websockets.ConnectionClosed) as exc:
         result.errors.append(f"hangup: {exc}")
@@ -208,16 +233,17 @@ async def one_round(url: str, audio: CallerAudio) -> RoundResult:
     """One whole call: invite, speak, get asrFinal, ask for a reply, hear it, hang up."""
     result = RoundResult()
     try:
-        async with websockets.connect(url, max_size=2**22, open_timeout=CONNECT_TIMEOUT_S) as ws:
+        async with websockets.connect(url, max_size=2**22, open_timeout=CONNECT_TIMEOUT_S + Timeouts.slack_s,
+                                      close_timeout=CONNECT_TIMEOUT_S) as ws:
             await ws.send(json.dumps({"command": "invite", "option": {"codec": "pcm"}}))
-            await wait_event(ws, "answer", time.monotonic() + ANSWER_TIMEOUT_S, result)
+            await wait_event(ws, "answer", time.monotonic() + ANSWER_TIMEOUT_S + Timeouts.slack_s, result)
             eos: asyncio.Future[float] = asyncio.get_running_loop().create_future()
             streamer = asyncio.create_task(stream_caller(ws, audio, eos))
             try:
                 final = await wait_final_after_eos(ws, eos, audio, result)
                 t_final = time.monotonic()
                 await ws.send(json.dumps({"command": "tts", "text": REPLY, "playId": "r1"}))
-                t_audio = await first_audio(ws, time.monotonic() + TTS_TIMEOUT_S, result)
+                t_audio = await first_audio(ws, time.monotonic() + TTS_TIMEOUT_S + Timeouts.slack_s, result)
                 t_eos = eos.result()
                 result.asr_ms = (t_final - t_eos) * 1000
                 result.tts_ms = (t_audio - t_eos) * 1000
@@ -237,7 +263,7 @@ async def one_round(url: str, audio: CallerAudio) -> RoundResult:
 def round_bound_s(audio: CallerAudio) -> float:
     """The most one round can take given every stage's own timeout (plus slack)."""
     return (STAGGER_S + CONNECT_TIMEOUT_S + ANSWER_TIMEOUT_S + audio.eos_frame * FRAME_S
-            + ASR_TIMEOUT_S + TTS_TIMEOUT_S + HANGUP_TIMEOUT_S + 5.0)
+            + ASR_TIMEOUT_S + TTS_TIMEOUT_S + HANGUP_TIMEOUT_S + 5.0 * Timeouts.slack_s + 5.0)
 
 
 async def one_call(url: str, audio: CallerAudio, rounds: int, rng: random.Random) -> list[RoundResult]:
@@ -275,6 +301,29 @@ def ray_cpu_seconds() -> dict[tuple[int, float], float]:
     return out
 
 
+def ray_rss_bytes() -> int:
+    """Resident memory of every Ray process (the same tree as ray_cpu_seconds)."""
+    total = 0
+    for p in psutil.Process().children(recursive=True):
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+async def peak_rss(stop: asyncio.Event) -> int:
+    """Highest Ray RSS seen until `stop` (sampled off the event loop: psutil reads /proc)."""
+    peak = 0
+    while not stop.is_set():
+        peak = max(peak, await asyncio.to_thread(ray_rss_bytes))
+        try:
+            await asyncio.wait_for(stop.wait(), RSS_SAMPLE_S)
+        except asyncio.TimeoutError:
+            pass
+    return peak
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds spent by everything on the machine (all cores)."""
     t = psutil.cpu_times()
@@ -305,6 +354,8 @@ class LevelResult:
     tts_p50_ms: float | None
     tts_p95_ms: float | None
     cpu_pct_per_call: float
+    mem_mb_per_call: float  # peak Ray RSS during the level minus RSS before it, per call
+    ray_rss_mb: float  # Ray RSS before the level
     ray_cpu_s: float
     wall_s: float
     ray_processes: int
@@ -327,11 +378,17 @@ def pct(values: list[float], q: float) -> float | None:
 
 async def run_level(url: str, audio: CallerAudio, calls: int, rounds: int, seed: int) -> LevelResult:
     rng = random.Random(seed)
+    Timeouts.for_level(calls)
+    rss0 = await asyncio.to_thread(ray_rss_bytes)
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(peak_rss(stop))
     before, busy0, own0 = ray_cpu_seconds(), machine_busy_seconds(), own_cpu_seconds()
     t0 = time.monotonic()
     per_call = await asyncio.gather(*(one_call(url, audio, rounds, random.Random(rng.random()))
                                       for _ in range(calls)))
     wall = time.monotonic() - t0
+    stop.set()
+    rss_peak = await sampler
     after, busy1, own1 = ray_cpu_seconds(), machine_busy_seconds(), own_cpu_seconds()
     cpu_s = cpu_delta(before, after)
     other_s = max(0.0, (busy1 - busy0) - cpu_s - (own1 - own0))
@@ -342,7 +399,8 @@ async def run_level(url: str, audio: CallerAudio, calls: int, rounds: int, seed:
     return LevelResult(
         calls=calls, rounds=rounds, utterances=len(rs), dropped=len(rs) - len(ok),
         asr_p50_ms=pct(asr, 50), asr_p95_ms=pct(asr, 95), tts_p50_ms=pct(tts, 50), tts_p95_ms=pct(tts, 95),
-        cpu_pct_per_call=cpu_s / wall / calls * 100, ray_cpu_s=cpu_s, wall_s=wall, ray_processes=len(after),
+        cpu_pct_per_call=cpu_s / wall / calls * 100,
+        mem_mb_per_call=max(0, rss_peak - rss0) / calls / 2**20, ray_rss_mb=rss0 / 2**20, ray_cpu_s=cpu_s, wall_s=wall, ray_processes=len(after),
         other_cpu_pct=other_s / wall * 100,
         server_asr_p50_ms=pct([r.server_asr_ms for r in ok if r.server_asr_ms is not None], 50),
         asr_compute_p50_ms=pct([r.asr_compute_ms for r in ok if r.asr_compute_ms is not None], 50),
@@ -363,16 +421,10 @@ def free_port() -> int:
 
 
 def refuse_other_cluster() -> None:
-    """ray.init() without an address joins a cluster left by `ray start`: the bench would
-    then measure (and deploy onto) someone else's Ray. Stop instead."""
-    from ray._private.services import find_bootstrap_address
-
-    # The bench is always embedded; a RAY_ADDRESS would make start_ray join instead.
+    """The bench always runs on an embedded Ray of its own (start_ray starts a new local
+    instance even beside other Ray clusters on this machine); a RAY_ADDRESS in the
+    environment would make it join that cluster instead and measure someone else's."""
     os.environ.pop("RAY_ADDRESS", None)
-    addr = find_bootstrap_address(None)
-    if addr:
-        raise SystemExit(f"bench: a Ray cluster is already running at {addr}; stop it first "
-                         "(.venv/bin/ray stop --force), the bench starts its own")
 
 
 def start_server(config) -> None:
@@ -422,12 +474,12 @@ def fmt(v: float | None) -> str:
 
 def table(levels: list[LevelResult]) -> str:
     head = (f"{'calls':>5} {'utts':>5} {'dropped':>7} {'asr p50':>8} {'asr p95':>8} "
-            f"{'tts p50':>8} {'tts p95':>8} {'cpu%/call':>9}")
+            f"{'tts p50':>8} {'tts p95':>8} {'cpu%/call':>9} {'MB/call':>7}")
     lines = [head, "-" * len(head)]
     for lv in levels:
         lines.append(f"{lv.calls:>5} {lv.utterances:>5} {lv.dropped:>7} {fmt(lv.asr_p50_ms):>8} "
                      f"{fmt(lv.asr_p95_ms):>8} {fmt(lv.tts_p50_ms):>8} {fmt(lv.tts_p95_ms):>8} "
-                     f"{lv.cpu_pct_per_call:>9.1f}")
+                     f"{lv.cpu_pct_per_call:>9.1f} {lv.mem_mb_per_call:>7.1f}")
     return "\n".join(lines)
 
 
@@ -437,13 +489,15 @@ def report(levels: list[LevelResult], audio: CallerAudio, end_silence_ms: int, i
         f"voxray bench: {psutil.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"speech {audio.speech_s:.2f} s (Piper), server end-of-speech wait {end_silence_ms} ms",
         "latencies in ms from end of speech (last speech frame sent): asr = asrFinal arrives, "
-        "tts = first reply audio frame arrives; cpu = all Ray processes, % of one core per concurrent call",
+        "tts = first reply audio frame arrives; cpu = all Ray processes, % of one core per concurrent call; "
+        "MB/call = peak Ray RSS growth per concurrent call",
         "",
         table(levels),
         "",
         f'sample asrFinal: "{sample}"' if sample else "sample asrFinal: (none: every utterance dropped)",
         f'spoken:          "{SENTENCE}"',
-        f"Ray idle (no calls): {idle_cpu_pct:.1f}% of one core, included in cpu%/call",
+        f"Ray idle (no calls): {idle_cpu_pct:.1f}% of one core, included in cpu%/call; "
+        f"Ray RSS before the levels {levels[0].ray_rss_mb:.0f} MB" if levels else "",
     ]
     for lv in levels:
         extra = [f"server p50: asr request {fmt(lv.server_asr_p50_ms)} ms (whisper {fmt(lv.asr_compute_p50_ms)}), "
@@ -463,7 +517,7 @@ def report(levels: list[LevelResult], audio: CallerAudio, end_silence_ms: int, i
 
 
 def write_json(levels: list[LevelResult], audio: CallerAudio, args: argparse.Namespace, port: int,
-               idle_cpu_pct: float) -> None:
+               idle_cpu_pct: float, extra: dict | None = None) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -475,6 +529,7 @@ def write_json(levels: list[LevelResult], audio: CallerAudio, args: argparse.Nam
                      "asr_timeout_s": ASR_TIMEOUT_S, "tts_timeout_s": TTS_TIMEOUT_S},
         "ray_idle_cpu_pct": idle_cpu_pct,
         "levels": [asdict(lv) for lv in levels],
+        **(extra or {}),
     }
     RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
 
@@ -484,12 +539,16 @@ def write_json(levels: list[LevelResult], audio: CallerAudio, args: argparse.Nam
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--calls", default="1,4,8", help="concurrency levels, comma-separated (default 1,4,8)")
-    p.add_argument("--rounds", type=int, default=3, help="utterances per call per level (default 3)")
-    p.add_argument("--quick", action="store_true", help="levels 1,2 only")
+    p.add_argument("--calls", default="1,8,32,64", help="concurrency levels, comma-separated (default 1,8,32,64)")
+    p.add_argument("--rounds", type=int, default=2, help="utterances per call per level (default 2)")
+    p.add_argument("--quick", action="store_true",
+                   help="levels 1,2 with one round; short VAD/ASR/hop runs (under ~3 minutes)")
+    p.add_argument("--no-pipecat", action="store_true", help="leave out the pipecat VAD comparison")
     p.add_argument("--seed", type=int, default=1, help="seed of the call-start stagger")
     args = p.parse_args(argv)
     args.calls = [1, 2] if args.quick else [int(c) for c in args.calls.split(",") if c.strip()]
+    if args.quick:
+        args.rounds = 1
     if not args.calls or min(args.calls) < 1 or args.rounds < 1:
         p.error("--calls needs positive integers and --rounds at least 1")
     return args
@@ -519,25 +578,50 @@ async def measure(url: str, audio: CallerAudio, args: argparse.Namespace) -> tup
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from voxray.cluster.local import shutdown
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: find `bench`
+    from bench import asr_throughput, ray_hops, vad_throughput
+    from voxray.cluster.local import eprint, shutdown
     from voxray.config import VoxrayConfig
 
     refuse_other_cluster()
+    # Model-only benches first, in this process and before Ray is up, so nothing else runs beside them.
+    vad = vad_throughput.run(64, quick=args.quick, pipecat=not args.no_pipecat, log=eprint)
+    asr = asr_throughput.run(8, quick=args.quick, log=eprint)
     audio = make_caller_audio()
     config = VoxrayConfig()
     config.serve.host = "127.0.0.1"  # loopback only, whatever the environment says
     config.serve.port = free_port()
     url = f"ws://127.0.0.1:{config.serve.port}/call"
-    budget = DEPLOY_TIMEOUT_S + 60 + IDLE_S + round_bound_s(audio) * (1 + args.rounds * len(args.calls))
+    budget = DEPLOY_TIMEOUT_S + 60 + IDLE_S + HOPS_BOUND_S + sum(
+        (Timeouts.for_level(n), round_bound_s(audio) * args.rounds)[1] for n in [1] + args.calls)
+    Timeouts.for_level(1)
     watchdog = arm_watchdog(budget)
     try:
         start_server(config)
         levels, idle = asyncio.run(measure(url, audio, args))
+        print("bench: Ray hop overhead", file=sys.stderr, flush=True)
+        hops = asyncio.run(ray_hops.measure(config.serve.app_name, *((30, 5) if args.quick else (200, 20)),
+                                            log=eprint))
     finally:
         shutdown()
         watchdog.cancel()
-    print(report(levels, audio, config.media.end_silence_ms, idle), flush=True)
-    write_json(levels, audio, args, config.serve.port, idle)
+    print("== VAD throughput (one core each; CPU time) ==")
+    print(vad_throughput.table(vad))
+    print()
+    print("== ASR batching: Whisper tiny.en, utterances/s ==")
+    print(asr_throughput.table(asr))
+    print()
+    print("== End to end: N concurrent /call calls ==")
+    print(report(levels, audio, config.media.end_silence_ms, idle))
+    print()
+    print("== Ray overhead per hop on the audio path (ms; sequential calls) ==")
+    print(ray_hops.table(hops), flush=True)
+    write_json(levels, audio, args, config.serve.port, idle,
+               extra={"vad": [asdict(r) | {"rtf": r.rtf, "streams_per_core": r.streams_per_core}
+                              for r in vad.results],
+                      "vad_ratios": {"batch_vs_single": vad.batch_vs_single, "batch_vs_pipecat": vad.batch_vs_pipecat},
+                      "asr": [asdict(r) | {"utt_per_s": r.utt_per_s} for r in asr],
+                      "hops": [asdict(h) for h in hops.hops]})
     print(f"(results: {RESULTS})", flush=True)
 
 

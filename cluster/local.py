@@ -36,7 +36,9 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
         ray.init(address=address, namespace="voxray", runtime_env=env, log_to_driver=False)
     else:
         log("starting an embedded single-node Ray")
-        ray.init(num_cpus=num_cpus, namespace="voxray", include_dashboard=dashboard,
+        # "local": a new instance of our own. Without it ray.init() joins any Ray it finds
+        # running on this machine (another user's, a test's), and we would deploy onto it.
+        ray.init(address="local", num_cpus=num_cpus, namespace="voxray", include_dashboard=dashboard,
                  dashboard_host="127.0.0.1", runtime_env=env, log_to_driver=False)
     ctx = ray.get_runtime_context()
     log(f"Ray is up (node {ctx.get_node_id()[:12]})")
