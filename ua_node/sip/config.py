@@ -41,6 +41,8 @@ class SipSettings(BaseModel):
     codecs: list[str] = Field(default_factory=lambda: ["G722/16000", "PCMU/8000", "PCMA/8000"],
                               description="codecs, in order of preference (pjsua2 ids); G722 first: "
                                           "wideband speech helps ASR")
+    max_calls: int = Field(32, ge=1, description="concurrent calls; pjsua clips it to its build's limit "
+                                                 "(4 with the pjsua2-python wheel)")
     answer_timeout_s: float = Field(60.0, description="an inbound call the agent leaves unanswered is rejected (408)")
     session_timer_s: int = Field(1800, ge=90, description="SIP session timer (RFC 4028) interval")
     log_level: int = Field(1, ge=0, le=6, description="pjsip's own log level")

@@ -111,7 +111,9 @@ class PjStack:
         cfg.uaConfig.threadCnt = 0
         cfg.uaConfig.mainThreadOnly = True
         cfg.uaConfig.userAgent = "voxray"
-        cfg.uaConfig.maxCalls = 512
+        # pjsua clips this to its build's PJSUA_MAX_CALLS: the pjsua2-python 2.15.1.post1
+        # wheel allows 4 concurrent calls per process (more get 486 Busy Here).
+        cfg.uaConfig.maxCalls = s.max_calls
         cfg.logConfig.level = s.log_level
         cfg.logConfig.consoleLevel = 0
         self._log_writer = PjLogWriter()
