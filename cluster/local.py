@@ -10,6 +10,9 @@ import time
 from voxray.config import VoxrayConfig
 
 
+_embedded = False  # this process started its own Ray (and so takes it down whole)
+
+
 def ray_env_defaults() -> None:
     """Make every Ray process behave the same, whatever the user's home holds."""
     # A stray ~/.ray/auth_token would switch token auth on for some tools only.
@@ -36,6 +39,8 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
         ray.init(address=address, namespace="voxray", runtime_env=env, log_to_driver=False)
     else:
         log("starting an embedded single-node Ray")
+        global _embedded
+        _embedded = True
         # "local": a new instance of our own. Without it ray.init() joins any Ray it finds
         # running on this machine (another user's, a test's), and we would deploy onto it.
         ray.init(address="local", num_cpus=num_cpus, namespace="voxray", include_dashboard=dashboard,
@@ -89,15 +94,20 @@ def deploy(config: VoxrayConfig, log=print) -> None:
         f"({time.monotonic() - t0:.1f}s)")
 
 
-def shutdown() -> None:
+def shutdown(app_name: str = "voxray") -> None:
+    """Leave the cluster as found: an embedded Ray goes away whole (its actors with it);
+    on a shared cluster only our app and UA nodes are removed."""
     import ray
     from ray import serve
 
     from voxray.cluster.placement import kill_ua_nodes
 
+    if not ray.is_initialized():
+        return
     try:
-        kill_ua_nodes()
-        serve.shutdown()
+        kill_ua_nodes()  # SIP: BYEs and un-REGISTER before the processes go
+        if not _embedded:
+            serve.delete(app_name)
     finally:
         ray.shutdown()
 
