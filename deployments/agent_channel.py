@@ -52,6 +52,7 @@ class AgentChannel:
         self._on_end = on_end
         self.handshake_timeout_s = handshake_timeout_s
         self.answered = False
+        self.early_media = False
         self.start_time = time.time()
         self.answer_time: float | None = None
         self.hangup_time: float | None = None
@@ -77,6 +78,8 @@ class AgentChannel:
     async def emit(self, event: ev.EventBase) -> None:
         if isinstance(event, ev.Answer) and not self.answered:
             await self._answered()
+        elif isinstance(event, ev.RingingEvent) and event.early_media:
+            self.early_media = True
         elif isinstance(event, ev.Metrics):
             m = self.metrics.setdefault(event.key, {"count": 0, "last": 0, "max": 0})
             m["count"] += 1
@@ -305,9 +308,16 @@ class AgentChannel:
             if answer is not None:
                 await self.emit(answer)
             return
-        if self.option is None and not isinstance(c, (cmd.Accept, cmd.Reject, cmd.Ringing)):
+        if isinstance(c, cmd.Accept) and self.option is None:
+            # An inbound call: `accept` sets it up as `invite` does an outbound one.
+            await self.media.command(c)
+            self.option = c.option
+            return
+        if self.option is None and not isinstance(c, (cmd.Reject, cmd.Ringing)):
             raise ProtocolError(f"'{c.command}' needs a call: send invite first", 409)
-        if not self.answered and isinstance(c, (cmd.Tts, cmd.Play, cmd.Interrupt, cmd.Pause, cmd.Resume, cmd.Refer)):
+        # Early media (ringing with earlyMedia) lets the agent play before the answer.
+        playing_ok = self.answered or (self.early_media and isinstance(c, (cmd.Tts, cmd.Play)))
+        if not playing_ok and isinstance(c, (cmd.Tts, cmd.Play, cmd.Interrupt, cmd.Pause, cmd.Resume, cmd.Refer)):
             raise ProtocolError(f"'{c.command}' needs an answered call", 409)
         await self.media.command(c)
 

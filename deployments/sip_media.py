@@ -23,9 +23,3 @@ class InboundSipMedia(RemoteMedia):
 
     async def start(self, option: cmd.CallOption) -> ev.EventBase | None:
         raise ProtocolError("this is an inbound call: answer it with accept (or reject/ringing), not invite", 409)
-
-    async def command(self, c: cmd.Command) -> None:
-        await super().command(c)
-        if isinstance(c, cmd.Accept) and self._channel.option is None:
-            # The call is set up now: the channel lets call commands through from here on.
-            self._channel.option = c.option
