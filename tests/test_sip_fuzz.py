@@ -67,3 +67,44 @@ def test_node_is_alive_and_routing_after_the_fuzz(voxray_server):
     assert any(r.startswith("SIP/2.0 200") for r in replies), replies
     replies = udp_exchange(_template("INVITE"), 10.0, "SIP/2.0 486")
     assert any(r.startswith("SIP/2.0 486") for r in replies), replies
+
+
+def _exchange_from(source_ip: str, payload: bytes, timeout: float, want: str) -> list[str]:
+    import socket
+    import time
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source_ip, 0))
+        port = s.getsockname()[1]
+        s.sendto(payload.replace(b"127.0.0.1:0", f"{source_ip}:{port}".encode()), ("127.0.0.1", SIP_ENV.sip_port))
+        s.settimeout(0.3)
+        out: list[str] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not any(r.startswith(want) for r in out):
+            try:
+                out.append(s.recv(65535).decode(errors="replace"))
+            except socket.timeout:
+                pass
+        return out
+
+
+def test_invite_from_an_untrusted_source_is_forbidden(voxray_server):
+    # 127.0.0.2 is loopback too, but not in the trusted list (127.0.0.1/32).
+    ruri = f"sip:someone@127.0.0.1:{SIP_ENV.sip_port}"
+    msg = sip_request("INVITE", ruri, SDP, "Content-Type: application/sdp\r\n")[0]
+    replies = _exchange_from("127.0.0.2", msg, 10.0, "SIP/2.0 403")
+    assert any(r.startswith("SIP/2.0 403") for r in replies), replies
+    # The same INVITE from a trusted address is routed as usual (busy@ is rejected by a rule).
+    replies = udp_exchange(_template("INVITE"), 10.0, "SIP/2.0 486")
+    assert any(r.startswith("SIP/2.0 486") for r in replies), replies
+
+
+def test_trusted_sources_rules():
+    from voxray.ua_node.sip.trust import TrustedSources, registrar_host
+
+    t = TrustedSources(["10.1.0.0/16", "::1/128"], ["192.0.2.7"])
+    assert t.allows("10.1.2.3:5060") and t.allows("[::1]:5060") and t.allows("192.0.2.7:5070")
+    assert not t.allows("10.2.0.1:5060") and not t.allows("garbage") and t.rejected == 2
+    assert TrustedSources([]).allows("203.0.113.9:5060")  # nothing configured: open
+    assert registrar_host("sip:pbx.example:5060;transport=udp") == "pbx.example"
+    assert registrar_host("sip:127.0.0.1") == "127.0.0.1"

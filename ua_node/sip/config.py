@@ -35,6 +35,9 @@ class SipSettings(BaseModel):
     rtp_port_range: int = Field(1000, ge=2, description="number of RTP ports from rtp_port")
     account: SipAccount | None = None
     user: str = Field("voxray", description="user part of the local address when not registering")
+    trusted_sources: list[str] = Field(
+        default_factory=list,
+        description="networks (CIDR) allowed to send INVITEs, the registrar always included; empty = any")
     webhook_url: str | None = Field(None, description="POSTed for each inbound call no rule routes")
     webhook_timeout_s: float = 5.0
     rules: list[SipRule] = Field(default_factory=list)

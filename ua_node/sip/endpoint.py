@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pjsua2 as pj
 
+from voxray import metrics
 from voxray.logs import bind_call, get_logger
 from voxray.protocol import commands as cmd
 from voxray.protocol import events as ev
@@ -28,6 +29,7 @@ from voxray.ua_node.sip.pjcall import SipAccount, SipCall, header_tag, plain_uri
 from voxray.ua_node.sip.routing import Route, choose_route, notify, validate_rules
 from voxray.ua_node.sip.stack import PjStack
 from voxray.ua_node.sip.transport import SipTransport
+from voxray.ua_node.sip.trust import TrustedSources, registrar_host, resolve
 
 log = get_logger("voxray.sip")
 
@@ -52,10 +54,16 @@ class SipEndpoint:
         self.account: SipAccount | None = None  # pj thread
         self._live: dict[str, SipCall] = {}  # pj thread: calls (and their accounts) kept alive
         self._tasks: set[asyncio.Task] = set()
+        self.trusted = TrustedSources(settings.trusted_sources)
 
     # -- life cycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.settings.account and self.settings.trusted_sources:
+            host = registrar_host(self.settings.account.registrar)
+            # The registrar relays our inbound calls: it is trusted whatever the list says.
+            registrar_ips = await asyncio.to_thread(resolve, host) if host else []
+            self.trusted = TrustedSources(self.settings.trusted_sources, registrar_ips)
         await asyncio.to_thread(self.stack.start)
         await self.stack.call(self._pj_create_account)
         self.stack.add_ticker(self._pj_tick)
@@ -180,6 +188,15 @@ class SipEndpoint:
         self.stack.to_loop(self._on_incoming, t, info)
 
     def _on_incoming(self, t: SipTransport, info: dict) -> None:
+        if not self.trusted.allows(info["source"] or ""):
+            with bind_call(t.call_id):
+                log.warning("INVITE from an untrusted source refused",
+                            extra={"source": info["source"], "caller": info["caller"],
+                                   "rejected_total": self.trusted.rejected})
+            metrics.inc("sip_rejected_total", reason="untrusted_source")
+            t.ended = True
+            self._spawn(self.hangup(t, 403, "Forbidden"))
+            return
         call = NodeCall(t.call_id, "sip", cmd.CallOption(caller=info["caller"], callee=info["callee"]))
         call.transport = t
         t.sip_info = info
