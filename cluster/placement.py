@@ -46,3 +46,44 @@ def kill_ua_nodes() -> None:
         except Exception:
             pass
         ray.kill(actor)
+
+
+def drain_ua_node(node_id: str, timeout_s: float = 300.0) -> int:
+    """Before a node leaves: its UA node takes no new calls and waits for live ones to end.
+
+    Returns how many calls were still up at the timeout (0: the node may go).
+    """
+    actor = ray.get_actor(ua_node_name(node_id), namespace=NAMESPACE)
+    return ray.get(actor.drain.remote(timeout_s), timeout=timeout_s + 30)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m voxray.cluster.placement [--drain NODE_ID]` against RAY_ADDRESS.
+
+    Without arguments: a UA node on every alive node (run when a worker joins, since
+    the deploy placed UA nodes only on the nodes up at that time). With --drain: drain
+    that node's UA node before the node is stopped.
+    """
+    import argparse
+
+    from voxray.cluster.local import eprint, start_ray
+    from voxray.config import VoxrayConfig
+
+    p = argparse.ArgumentParser(description=main.__doc__.split("\n\n")[0])
+    p.add_argument("--address", default=None, help="Ray cluster (default RAY_ADDRESS, else auto)")
+    p.add_argument("--config", default=None, help="the config the app was deployed with (media, transports)")
+    p.add_argument("--drain", metavar="NODE_ID", help="drain this node's UA node instead")
+    p.add_argument("--timeout", type=float, default=300.0)
+    args = p.parse_args(argv)
+    start_ray(args.address or "auto", log=eprint)
+    if args.drain:
+        left = drain_ua_node(args.drain, args.timeout)
+        eprint(f"UA node on {args.drain[:12]} drained; {left} call(s) still up")
+        raise SystemExit(1 if left else 0)
+    config = VoxrayConfig.load(args.config)
+    for info in ensure_ua_nodes(config.serve.app_name, config.media.model_dump(), config.transports.model_dump()):
+        eprint(f"UA node on {info['node_id'][:12]}: {', '.join(info['transports']) or 'no network transports'}")
+
+
+if __name__ == "__main__":
+    main()

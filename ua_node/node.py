@@ -64,6 +64,10 @@ class UaNodeCore:
         self.transports: dict[str, TransportFactory] = {}
         self.command_handlers: dict[str, CommandHandler] = {}
         self.shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
+        # Set by drain(): the node is leaving (scale-down, upgrade), takes no new calls
+        # and lets the live ones end. Transports with inbound calls check it too (SIP: 503).
+        self.draining = False
+        self._calls_changed = asyncio.Event()
 
     def register_transport(self, kind: str, factory: TransportFactory) -> None:
         self.transports[kind] = factory
@@ -93,7 +97,25 @@ class UaNodeCore:
             except Exception as exc:
                 log.warning("shutdown hook failed", extra={"error": repr(exc)})
 
+    def live_calls(self) -> int:
+        return sum(1 for c in self.calls.values() if not c.ended)
+
+    async def drain(self, timeout_s: float = 300.0) -> int:
+        """Refuse new calls and wait (bounded) for the live ones to end; returns how many are left."""
+        self.draining = True
+        log.info("draining", extra={"live_calls": self.live_calls()})
+        deadline = time.monotonic() + timeout_s
+        while self.live_calls() and time.monotonic() < deadline:
+            self._calls_changed.clear()
+            try:
+                await asyncio.wait_for(self._calls_changed.wait(), min(1.0, max(0.0, deadline - time.monotonic())))
+            except asyncio.TimeoutError:
+                pass
+        return self.live_calls()
+
     async def open_call(self, call_id: str, kind: str, option: dict) -> CommandResult:
+        if self.draining:
+            return CommandResult(ok=False, error="this node is draining; place the call again", code=503)
         if call_id in self.calls:
             return CommandResult(ok=False, error=f"call id '{call_id}' is in use", code=409)
         factory = self.transports.get(kind)
@@ -195,6 +217,7 @@ class UaNodeCore:
             # The ingress turns this into the agent's `hangup` event with its own timings.
             await call.emit(ev.HangupEvent(track_id=call_id, reason=reason, initiator=initiator))
             call.finished = True
+            self._calls_changed.set()
             if not call.polled:  # no agent ever attached (e.g. an inbound call nobody answered)
                 self.calls.pop(call_id, None)
 

@@ -35,9 +35,16 @@ class MediaSettings(BaseModel):
 class Scaling(BaseModel):
     """Replica bounds per deployment; autoscaling applies when max > min."""
 
-    min_replicas: int = 1
-    max_replicas: int = 1
-    target_ongoing_requests: float = 2.0
+    min_replicas: int = Field(1, ge=0, description="the warm minimum (and the count when max <= min)")
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0, description="load per replica autoscaling aims at")
+    max_ongoing_requests: int | None = Field(None, ge=1, description="None: the deployment's own default")
+    max_replicas_per_node: int | None = Field(None, ge=1, description="1 spreads replicas over nodes")
+    upscale_delay_s: float = 5.0
+    downscale_delay_s: float = 120.0
+    # A replica being scaled down takes no new requests and gets this long to finish
+    # its ongoing ones; for the ingress each is a live call, so it is long.
+    graceful_shutdown_timeout_s: float | None = Field(None, gt=0, description="None: the deployment's default")
 
 
 class ServeConfig(BaseModel):
@@ -85,7 +92,8 @@ class VoxrayConfig(BaseModel):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     providers: ProvidersConfig = Field(default_factory=ProvidersConfig)
     media: MediaSettings = Field(default_factory=MediaSettings)
-    ingress: Scaling = Field(default_factory=lambda: Scaling(target_ongoing_requests=50))
+    ingress: Scaling = Field(default_factory=lambda: Scaling(target_ongoing_requests=50,
+                                                            graceful_shutdown_timeout_s=300))
     vad: Scaling = Field(default_factory=lambda: Scaling(target_ongoing_requests=4))
     asr: Scaling = Field(default_factory=Scaling)
     tts: Scaling = Field(default_factory=Scaling)

@@ -1,0 +1,235 @@
+"""Multi-node voxray on one machine, driven in its own process (see tests/test_multinode.py).
+
+A head and a worker Ray node (ray.cluster_utils.Cluster, each with its own logical
+CPUs), the app deployed with one ingress replica per node and a UA node per node.
+Phase "spread": WebRTC calls placed until both ingress replicas hold one; each call's
+media then lives on that node's UA node; every call must get asrFinal and TTS audio.
+Phase "drain": /call calls up on both replicas, the ingress scaled from 2 replicas to 1;
+the calls on the replica being removed must go on past Serve's default 20 s grace
+(speech -> asrFinal -> TTS -> hangup) while a new call lands elsewhere.
+
+Prints one JSON line with what it saw; the test asserts on it. Bounded throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tests.conftest import SENTENCE, free_port  # noqa: E402
+from tests.wsclient import CallClient  # noqa: E402
+
+CALL_TIMEOUT_S = 90.0
+DRAIN_HOLD_S = 22.0  # past Serve's default graceful_shutdown_timeout_s (20 s)
+MAX_PLACEMENT_TRIES = 6
+
+
+def log(*a) -> None:
+    print("[driver]", *a, file=sys.stderr, flush=True)
+
+
+def ingress_replicas() -> list[str]:
+    import ray
+
+    return sorted(a["name"].rsplit("#", 1)[-1] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if "voxray#Ingress#" in a["name"])
+
+
+async def replica_of(server: str, call_id: str) -> str | None:
+    async with httpx.AsyncClient(timeout=10) as http:
+        for _ in range(50):
+            calls = (await http.get(f"http://{server}/call/lists")).json()["calls"]
+            found = [c["replica"] for c in calls if c["id"] == call_id]
+            if found:
+                return found[0]
+            await asyncio.sleep(0.2)
+    return None
+
+
+async def spread_phase(server: str, speech: np.ndarray) -> dict:
+    """WebRTC calls until both ingress replicas (hence both UA nodes) hold one."""
+    import ray
+
+    from tests.rtcpeer import RtcPeer
+    from voxray.cluster.placement import NAMESPACE, ua_node_name
+
+    calls: list[dict] = []
+    peers: list = []
+    clients: list[CallClient] = []
+    try:
+        for i in range(MAX_PLACEMENT_TRIES):
+            peer = RtcPeer(np.concatenate([np.zeros(8000, np.int16), speech]))
+            client = await CallClient.connect(f"ws://{server}/call/webrtc?id=mn{i}")
+            peers.append(peer)
+            clients.append(client)
+            await client.send({"command": "invite", "option": {"caller": "mn", "offer": await peer.offer()}})
+            answer = await client.wait_for("answer", timeout=CALL_TIMEOUT_S)
+            await peer.accept(answer["sdp"])
+            calls.append({"id": f"mn{i}", "replica": await replica_of(server, f"mn{i}")})
+            if len({c["replica"] for c in calls}) >= 2 and len(calls) >= 2:
+                break
+        # Which UA node holds which call, asked of each node's actor while the calls are up.
+        ua_calls = {}
+        for node in ray.nodes():
+            if node.get("Alive"):
+                ua = ray.get_actor(ua_node_name(node["NodeID"]), namespace=NAMESPACE)
+                ua_calls[node["NodeID"][:12]] = sorted(c["id"] for c in await ua.list_calls.remote())
+
+        async def converse(client: CallClient, peer, call: dict) -> None:
+            final = await client.wait_for("asrFinal", timeout=CALL_TIMEOUT_S)
+            call["asr_text"] = final["text"]
+            n, heard_from = len(client.events), len(peer.heard)
+            await client.send({"command": "tts", "text": "Sure, a table for two at seven.", "playId": "r1"})
+            await client.wait_for("trackEnd", timeout=CALL_TIMEOUT_S, after=n, playId="r1")
+            await asyncio.sleep(0.5)
+            heard = peer.heard_since(heard_from)
+            call["tts_rms"] = float(np.sqrt(np.mean(heard.astype(np.float64) ** 2))) if heard.size else 0.0
+            await client.send({"command": "hangup", "reason": "done"})
+            call["hangup"] = (await client.wait_for("hangup", timeout=30))["reason"]
+
+        await asyncio.gather(*(converse(c, p, call) for c, p, call in zip(clients, peers, calls, strict=True)))
+        return {"calls": calls, "ua_calls": ua_calls}
+    finally:
+        for c in clients:
+            await c.close()
+        for p in peers:
+            await p.close()
+
+
+async def drain_phase(server: str, speech: np.ndarray, config) -> dict:
+    """Scale the ingress 2 -> 1 while calls are up on both replicas."""
+    from ray import serve
+
+    from voxray.deployments.app import build_app
+
+    calls: list[dict] = []
+    clients: list[CallClient] = []
+    payload = np.concatenate([np.zeros(4000, np.int16), speech, np.zeros(16000, np.int16)]).tobytes()
+    try:
+        for i in range(MAX_PLACEMENT_TRIES):
+            client = await CallClient.connect(f"ws://{server}/call?id=dr{i}")
+            clients.append(client)
+            await client.send({"command": "invite", "option": {"codec": "pcm"}})
+            await client.wait_for("answer", timeout=CALL_TIMEOUT_S)
+            calls.append({"id": f"dr{i}", "replica": await replica_of(server, f"dr{i}")})
+            if len({c["replica"] for c in calls}) >= 2:
+                break
+        before = ingress_replicas()
+        smaller = config.model_copy(deep=True)
+        smaller.ingress.min_replicas = smaller.ingress.max_replicas = 1
+        t_issue = time.monotonic()
+        done = threading.Event()
+        redeploy_error: list[str] = []
+
+        def redeploy() -> None:
+            try:
+                serve.run(build_app(smaller), name=config.serve.app_name, route_prefix=config.serve.route_prefix)
+            except Exception as exc:  # reported in the JSON
+                redeploy_error.append(repr(exc))
+            finally:
+                done.set()
+
+        threading.Thread(target=redeploy, daemon=True).start()
+        # serve.run returns only once the old replicas have gone, i.e. after our calls end.
+        # Serve stops one old replica (it drains) and replaces the other only after that.
+        await asyncio.sleep(5)
+        log("scale-down under way after", round(time.monotonic() - t_issue, 1), "s; replicas:", ingress_replicas())
+
+        # A call placed while the old replica drains: it must be answered.
+        newcomer = await CallClient.connect(f"ws://{server}/call?id=drnew")
+        clients.append(newcomer)
+        await newcomer.send({"command": "invite", "option": {"codec": "pcm"}})
+        await newcomer.wait_for("answer", timeout=CALL_TIMEOUT_S)
+        new_replica = await replica_of(server, "drnew")
+        await newcomer.send({"command": "hangup"})
+        await newcomer.wait_for("hangup", timeout=30)
+
+        await asyncio.sleep(max(0.0, t_issue + DRAIN_HOLD_S - time.monotonic()))
+
+        async def converse(client: CallClient, call: dict) -> None:
+            try:
+                await client.stream(payload, 640)
+                call["asr_text"] = (await client.wait_for("asrFinal", timeout=CALL_TIMEOUT_S))["text"]
+                n = len(client.events)
+                await client.send({"command": "tts", "text": "Goodbye.", "playId": "bye"})
+                await client.wait_for("trackEnd", timeout=CALL_TIMEOUT_S, after=n, playId="bye")
+                call["tts_frames"] = len(client.audio)
+                await client.send({"command": "hangup", "reason": "done"})
+                call["hangup"] = (await client.wait_for("hangup", timeout=30))["reason"]
+                call["ended_after_issue_s"] = round(time.monotonic() - t_issue, 1)
+            except AssertionError as exc:
+                call["error"] = str(exc)[:300]
+
+        await asyncio.gather(*(converse(c, call) for c, call in zip(clients, calls, strict=False)))
+        # The draining replica leaves once its calls have ended.
+        deadline = time.monotonic() + 60
+        while len(ingress_replicas()) > 1 and time.monotonic() < deadline:
+            await asyncio.sleep(1)
+        after = ingress_replicas()
+        await asyncio.to_thread(done.wait, 90)
+        return {"calls": calls, "replicas_before": before, "replicas_after": after,
+                "new_call_replica": new_replica, "redeploy_error": redeploy_error}
+    finally:
+        for c in clients:
+            await c.close()
+
+
+def main() -> None:
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    from voxray.cluster.local import deploy, ray_env_defaults, shutdown, start_ray
+    from voxray.config import VoxrayConfig
+    from voxray.speech import espeak_speech
+
+    ray_env_defaults()
+    os.environ.pop("RAY_ADDRESS", None)
+    # One proxy (on the head) serves both nodes here, and a proxy prefers replicas on its
+    # own node; in a real cluster every node has its proxy behind a load balancer. Turned
+    # off so the head's proxy spreads calls over both nodes' replicas (inherited by the
+    # Ray processes the Cluster starts from here).
+    os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = "0"
+    os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_AZ_ROUTING"] = "0"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "include_dashboard": False})
+    cluster.add_node(num_cpus=4)
+    out: dict = {}
+    try:
+        start_ray(address=cluster.address, log=log)
+        cluster.wait_for_nodes()
+        config = VoxrayConfig()
+        config.serve.host, config.serve.port = "127.0.0.1", free_port()
+        config.ingress.min_replicas = config.ingress.max_replicas = 2
+        config.ingress.max_replicas_per_node = 1  # one per node: calls land on both
+        # One HTTP proxy (on the head) for both replicas; two would share one loopback port.
+        serve.start(proxy_location="HeadOnly",
+                    http_options={"host": config.serve.host, "port": config.serve.port})
+        deploy(config, log=log)
+        server = f"127.0.0.1:{config.serve.port}"
+        speech = espeak_speech(SENTENCE, 16000)
+        out["nodes"] = [n["NodeID"][:12] for n in __import__("ray").nodes() if n.get("Alive")]
+        out["spread"] = asyncio.run(spread_phase(server, speech))
+        if "--no-drain" not in sys.argv:
+            out["drain"] = asyncio.run(drain_phase(server, speech, config))
+    except Exception as exc:
+        out["error"] = repr(exc)[:1000]
+        raise
+    finally:
+        print(json.dumps(out), flush=True)
+        try:
+            shutdown()
+        finally:
+            cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Two Ray nodes on one machine: calls spread over both UA nodes; an ingress replica drains.
+
+The cluster runs in a subprocess (tests/multinode_driver.py): the rest of the suite
+shares one Ray instance per pytest process, which a second ray.init would disturb.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SENTENCE
+from tests.test_models import wer
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+DRIVER_TIMEOUT_S = 600
+
+
+@pytest.fixture(scope="module")
+def multinode() -> dict:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "multinode_driver.py")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert lines, f"driver printed no result (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
+    out = json.loads(lines[-1])
+    assert "error" not in out, f"{out['error']}\n{proc.stderr[-3000:]}"
+    return out
+
+
+def test_calls_spread_over_both_nodes_and_their_ua_nodes(multinode):
+    assert len(multinode["nodes"]) == 2
+    spread = multinode["spread"]
+    calls = spread["calls"]
+    assert len({c["replica"] for c in calls}) == 2, calls  # both ingress replicas took calls
+    holding = [node for node, ids in spread["ua_calls"].items() if ids]
+    assert len(holding) == 2, spread["ua_calls"]  # and both nodes' UA nodes hold media
+    for c in calls:
+        assert wer(SENTENCE, c["asr_text"]) <= 0.5, c
+        assert c["tts_rms"] > 300, c  # TTS audio came back over SRTP
+        assert c["hangup"] == "done", c
+
+
+def test_replicas_scaled_down_finish_their_calls(multinode):
+    drain = multinode["drain"]
+    assert not drain["redeploy_error"], drain
+    assert len(drain["replicas_before"]) == 2 and len(drain["replicas_after"]) == 1, drain
+    assert not set(drain["replicas_after"]) & set(drain["replicas_before"]), drain  # old ones all gone
+    assert {c["replica"] for c in drain["calls"]} == set(drain["replicas_before"]), drain
+    assert drain["new_call_replica"], drain  # a call placed during the scale-down was answered
+    for c in drain["calls"]:
+        assert "error" not in c, c
+        assert wer(SENTENCE, c["asr_text"]) <= 0.5, c
+        assert c["tts_frames"] > 0 and c["hangup"] == "done", c
+        # The call lived on past Serve's default 20 s grace after the scale-down began.
+        assert c["ended_after_issue_s"] > 20, c
