@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import ray
 
 from voxray.logs import get_logger
@@ -29,10 +31,19 @@ class UaNode:
         self.core = UaNodeCore(services, MediaConfig(**(media or {})))
         self._transport_config = transports or {}
         self.node_id = ray.get_runtime_context().get_node_id()
+        # Transports come up now, on the actor's loop: an actor restarted after a crash
+        # listens for SIP again by itself, before anyone calls it.
+        self._setup: asyncio.Task = asyncio.get_running_loop().create_task(self._setup_transports())
+
+    async def _transports_up(self) -> None:
+        """One setup at a time; a failed one is tried again on the next call."""
+        if self._setup.done() and self._setup.exception() is not None:
+            log.warning("transport setup failed; retrying", extra={"error": repr(self._setup.exception())})
+            self._setup = asyncio.get_running_loop().create_task(self._setup_transports())
+        await asyncio.shield(self._setup)
 
     async def ready(self) -> dict:
-        # Transports that bind sockets or start threads come up on the actor's loop.
-        await self._setup_transports()
+        await self._transports_up()
         return {"node_id": self.node_id, "transports": sorted(self.core.transports)}
 
     async def _setup_transports(self) -> None:
@@ -52,7 +63,7 @@ class UaNode:
                 await register_sip(self.core, self._transport_config.get("sip", {}))
 
     async def open_call(self, call_id: str, kind: str, option: dict) -> CommandResult:
-        await self._setup_transports()
+        await self._transports_up()
         return await self.core.open_call(call_id, kind, option)
 
     async def command(self, call_id: str, command_json: str) -> CommandResult:
