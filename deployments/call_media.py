@@ -92,7 +92,12 @@ class LocalMedia:
         self.config = config
         self.sink = SessionSink(emit, send_audio, hangup)
         self.session: MediaSession | None = None
-        self.last_activity = time.monotonic()
+        self._created = time.monotonic()
+
+    @property
+    def last_activity(self) -> float:
+        # The session already stamps each frame it decodes.
+        return self.session.last_audio_in if self.session else self._created
 
     async def start(self, option: cmd.CallOption) -> ev.EventBase | None:
         self.session = MediaSession(self.call_id, option, self.services, self.sink, self.config)
@@ -100,7 +105,6 @@ class LocalMedia:
         return ev.Answer(track_id=self.call_id)
 
     async def feed(self, payload: bytes) -> None:
-        self.last_activity = time.monotonic()
         self.session.feed(payload)
 
     async def command(self, c: cmd.Command) -> None:

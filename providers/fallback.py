@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 
 from voxray.logs import get_logger
-from voxray.providers.base import AsrProvider, CallCredentials, ProviderError, Transcript, TtsChunk, TtsProvider
+from voxray.providers.base import CallCredentials, ProviderError, Transcript, TtsChunk
 
 log = get_logger("voxray.providers")
 

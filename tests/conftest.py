@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voxray.speech import espeak_speech, write_wav
+from voxray.speech import espeak_speech
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -35,13 +35,6 @@ def artifacts() -> Path:
 def speech16k() -> np.ndarray:
     """SENTENCE spoken by espeak-ng, 16 kHz mono int16."""
     return espeak_speech(SENTENCE, 16000)
-
-
-@pytest.fixture(scope="session")
-def speech_wav(speech16k, artifacts) -> Path:
-    path = artifacts / "sentence16k.wav"
-    write_wav(path, speech16k)
-    return path
 
 
 @pytest.fixture(scope="session")
