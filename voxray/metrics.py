@@ -28,6 +28,8 @@ def _registry():
         "auth_rejected_total": Counter("voxray_auth_rejected_total", "requests refused for a bad token"),
         "sip_rejected_total": Counter("voxray_sip_rejected_total", "INVITEs refused before routing",
                                       tag_keys=("reason",)),
+        "rtp_foreign_dropped_total": Counter("voxray_rtp_foreign_dropped_total",
+                                             "SIP RTP/RTCP packets dropped for coming from an unexpected source"),
         "asr_ms": Histogram("voxray_asr_latency_ms", "utterance end to transcript", boundaries=_MS_BUCKETS,
                             tag_keys=("provider",)),
         "tts_ms": Histogram("voxray_tts_first_audio_ms", "tts command to first audio", boundaries=_MS_BUCKETS,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -33,6 +35,11 @@ class SipSettings(BaseModel):
     public_address: str | None = Field(None, description="address written in Contact/SDP, default `bind`")
     rtp_port: int = Field(20000, ge=1024, le=65535, description="first RTP port")
     rtp_port_range: int = Field(1000, ge=2, description="number of RTP ports from rtp_port")
+    rtp_source: Literal["latch", "sdp", "any"] = Field(
+        "latch", description="which address a call's RTP is taken from (a kernel filter drops the rest): "
+                             "latch = the first source after the answer (peers behind NAT), sdp = only the "
+                             "address in the peer's SDP, any = pjmedia's default (follows a new source after "
+                             "10 packets in a row, which lets a flooding third party take the call's media)")
     account: SipAccount | None = None
     user: str = Field("voxray", description="user part of the local address when not registering")
     trusted_sources: list[str] = Field(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 import uuid
 import wave
 from pathlib import Path
@@ -27,6 +28,7 @@ from voxray.ua_node.node import NodeCall, UaNodeCore
 from voxray.ua_node.sip.config import SipSettings
 from voxray.ua_node.sip.pjcall import SipAccount, SipCall, header_tag, plain_uri, sip_body, sip_header
 from voxray.ua_node.sip.routing import Route, choose_route, notify, validate_rules
+from voxray.ua_node.sip.rtp_filter import udp_sockets
 from voxray.ua_node.sip.stack import PjStack
 from voxray.ua_node.sip.transport import SipTransport
 from voxray.ua_node.sip.trust import TrustedSources, registrar_host, resolve
@@ -53,6 +55,7 @@ class SipEndpoint:
         self.http = httpx.AsyncClient()
         self.account: SipAccount | None = None  # pj thread
         self._live: dict[str, SipCall] = {}  # pj thread: calls (and their accounts) kept alive
+        self._ticks = 0  # pj thread
         self._tasks: set[asyncio.Task] = set()
         self.trusted = TrustedSources(settings.trusted_sources)
 
@@ -90,6 +93,8 @@ class SipEndpoint:
         cfg.mediaConfig.transportConfig.boundAddress = s.bind
         cfg.mediaConfig.transportConfig.port = s.rtp_port
         cfg.mediaConfig.transportConfig.portRange = s.rtp_port_range
+        # Random ports within the range: a third party cannot guess the next call's RTP port.
+        cfg.mediaConfig.transportConfig.randomizePort = True
         if s.public_address:
             cfg.mediaConfig.transportConfig.publicAddress = s.public_address
         # No re-INVITE to narrow a multi-codec answer down to one (simple gateways choke on it).
@@ -151,6 +156,11 @@ class SipEndpoint:
             self.account = None
 
     def _pj_tick(self) -> None:
+        self._ticks += 1
+        drops: dict[int, int] | None = None
+        if self._ticks % 4 == 0 and any(c.guard.latched for c in self._live.values()):
+            drops = {s.inode: s.drops for s in udp_sockets()}  # one /proc read a second for all calls
+        now = time.monotonic()
         for key, call in list(self._live.items()):
             t = call.transport
             if call.disconnected:
@@ -159,6 +169,12 @@ class SipEndpoint:
                     call.ephemeral_account.shutdown()
                     call.ephemeral_account = None
                 continue
+            if not call.guard.latched:
+                call.guard_update()
+            elif drops is not None:
+                n = call.guard.dropped(drops, now)
+                if n:
+                    self.stack.to_loop(t.pj_rtp_dropped, n, str(call.guard.rtp))
             if call.check_rtp(t.inactivity_s):
                 # Report first: the hangup's own DISCONNECTED report must not win the race.
                 self.stack.to_loop(t.pj_inactive)

@@ -14,6 +14,8 @@ import pjsua2 as pj
 
 from voxray.logs import get_logger
 from voxray.ua_node.sip.media_port import BridgePort, audio_format
+from voxray.ua_node.sip.rtp_filter import split_host_port
+from voxray.ua_node.sip.rtp_guard import RtpGuard
 
 if TYPE_CHECKING:
     from voxray.ua_node.sip.stack import PjStack
@@ -44,6 +46,14 @@ def plain_uri(uri: str) -> str:
     m = re.search(r"<([^>]*)>", uri)
     uri = m.group(1) if m else uri.split(";", 1)[0]
     return uri.strip()
+
+
+def _port(name: str) -> int | None:
+    """The port of pjsua's "host:port" (None when empty)."""
+    try:
+        return int(name.rsplit(":", 1)[1]) or None
+    except (IndexError, ValueError):
+        return None
 
 
 def header_tag(value: str | None) -> str | None:
@@ -89,6 +99,7 @@ class SipCall(pj.Call):
         self._rx_pkts = -1
         self._last_rx = time.monotonic()
         self._early_reported = False
+        self.guard = RtpGuard(stack.settings.rtp_source)
 
     # -- pj callbacks ------------------------------------------------------------------
 
@@ -161,6 +172,7 @@ class SipCall(pj.Call):
             if self.recorder is not None:
                 am.startTransmit(self.recorder)
                 self.port.startTransmit(self.recorder)
+            self.guard_update()
             break
 
     def onDtmfDigit(self, prm) -> None:
@@ -176,6 +188,27 @@ class SipCall(pj.Call):
     def release_media(self) -> None:
         self.recorder = None
         self.port = None
+
+    def guard_update(self) -> None:
+        """Apply the RTP source policy (on media changes, and each tick until latched)."""
+        g = self.guard
+        if g.policy == "any" or self.audio_index is None or self.disconnected:
+            return
+        try:
+            ti = self.getMedTransportInfo(self.audio_index)
+            si = self.getStreamInfo(self.audio_index)
+        except pj.Error:
+            return
+        try:
+            src = g.update(_port(ti.localRtpName), _port(ti.localRtcpName), split_host_port(si.remoteRtpAddress),
+                           split_host_port(si.remoteRtcpAddress), split_host_port(ti.srcRtpName))
+        except OSError as exc:
+            # Without the filter the call still works, with pjmedia's own (weaker) source checks.
+            self.stack.to_loop(self.transport.pj_rtp_filter_failed, str(exc))
+            g.policy = "any"
+            return
+        if src is not None:
+            self.stack.to_loop(self.transport.pj_rtp_source, str(src), g.policy)
 
     def check_rtp(self, timeout_s: float | None) -> bool:
         """True when no RTP arrived for timeout_s (the peer vanished)."""

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from voxray import metrics
 from voxray.logs import bind_call, get_logger
 from voxray.protocol import events as ev
 from voxray.ua_node.transport import MediaTransport
@@ -112,6 +113,22 @@ class SipTransport(MediaTransport):
             with bind_call(self.call_id):
                 log.info("rtp timeout", extra={"timeout_s": self.inactivity_s})
             self._closed("inactivity_timeout", "server")
+
+    def pj_rtp_source(self, source: str, policy: str) -> None:
+        with bind_call(self.call_id):
+            log.info("rtp source locked", extra={"source": source, "policy": policy})
+
+    def pj_rtp_filter_failed(self, error: str) -> None:
+        with bind_call(self.call_id):
+            log.warning("rtp source filter not attached; pjmedia's own checks only", extra={"error": error})
+
+    def pj_rtp_dropped(self, packets: int, source: str) -> None:
+        with bind_call(self.call_id):
+            log.warning("rtp from an unexpected source dropped", extra={"packets": packets, "accepted": source})
+        metrics.inc("rtp_foreign_dropped_total", packets)
+        self._emit(ev.Error(sender="sip", code=403, error=(
+            f"dropped {packets} RTP packets from an unexpected source address; "
+            f"this call takes media from {source} only")))
 
     def pj_refer_status(self, code: int, reason: str, final: bool) -> None:
         self._emit(ev.Other(sender="sip", extra={"refer": {"code": code, "reason": reason, "final": final}}))
