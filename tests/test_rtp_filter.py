@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 
 import pytest
-
 from voxray.ua_node.sip import rtp_filter as rf
 from voxray.ua_node.sip.rtp_guard import RtpGuard, wanted_sources
 
@@ -22,7 +21,7 @@ def _received(rx: socket.socket) -> list[tuple[str, int]]:
     try:
         while True:
             out.append(rx.recvfrom(2048)[1])
-    except socket.timeout:
+    except TimeoutError:
         return out
 
 
@@ -132,7 +131,7 @@ def test_sdp_guard_enforces_the_sdp_address_and_rate_limits_reports(socks):
     intruder.sendto(b"x" * 20, ("127.0.0.1", lr))
     peer.sendto(b"x" * 20, ("127.0.0.1", lr))
     assert _received(rtp) == [peer.getsockname()]
-    drops = lambda: {s.inode: s.drops for s in rf.udp_sockets()}  # noqa: E731
+    drops = lambda: {s.inode: s.drops for s in rf.udp_sockets()}
     assert g.dropped(drops(), now=100.0) == 1
     intruder.sendto(b"x" * 20, ("127.0.0.1", lr))
     _received(rtp)
