@@ -120,15 +120,15 @@ def render(name: str, out_dir: Path, **values: str) -> Path:
     text = (HERE / name).read_text()
     for key, value in values.items():
         text = text.replace(f"@{key}@", str(value))
-    path = out_dir / f"{uuid.uuid4().hex[:8]}-{name}"
+    path = out_dir / f"{uuid.uuid4().hex[:8]}-{Path(name).name}"
     path.write_text(text)
     return path
 
 
 def sipp(scenario: Path, workdir: Path, *args: str, port: int | None = None,
-         timeout_s: float = 90) -> Peer:
+         timeout_s: float = 90, ip: str = "127.0.0.1") -> Peer:
     port = port or free_udp_port()
-    cmd = ["sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port),
+    cmd = ["sipp", "-sf", str(scenario), "-i", ip, "-p", str(port),
            "-mp", str(random.randrange(40000, 50000, 4)), "-m", "1", "-nostdin",
            "-timeout", f"{int(timeout_s) - 5}s", "-timeout_error", "-trace_msg", "-trace_err",
            "-message_file", str(workdir / f"{scenario.stem}-messages.log"),
