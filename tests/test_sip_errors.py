@@ -10,7 +10,17 @@ from __future__ import annotations
 import pytest
 
 from tests.sip_env import SIP_ENV
-from tests.test_sip import HERE, peers, render, sip_request, sip_workdir, sipp, sipp_messages, udp_exchange, webhook  # noqa: F401
+from tests.test_sip import (  # noqa: F401
+    HERE,
+    peers,
+    render,
+    sip_request,
+    sip_workdir,
+    sipp,
+    sipp_messages,
+    udp_exchange,
+    webhook,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
