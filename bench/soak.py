@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import random
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -100,22 +99,25 @@ async def caller(url: str, speech: bytes, until: float, started: float, stats: S
             stats.dropped.append(f"{type(exc).__name__}: {exc}"[:200])
 
 
-def ray_rss_mb() -> float:
-    total = 0
-    for p in psutil.process_iter(["cmdline", "memory_info"]):
+def ray_rss_by_process() -> dict[str, float]:
+    """RSS (MB) of Ray's processes, keyed by their title (`ray::ServeReplica:voxray:AsrDeployment`…)."""
+    out: dict[str, float] = {}
+    for p in psutil.process_iter(["pid", "cmdline", "memory_info"]):
         cmd = " ".join(p.info["cmdline"] or [])
         if "ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd:
-            total += p.info["memory_info"].rss
-    return total / 2**20
+            name = cmd.split()[0] if cmd.startswith("ray::") else ("raylet" if "raylet" in cmd else "gcs_server")
+            key = f"{name} [{p.info['pid']}]"
+            out[key] = p.info["memory_info"].rss / 2**20
+    return out
 
 
-async def sample_memory(samples: list[tuple[float, float]], started: float, until: float) -> None:
+async def sample_memory(samples: list[tuple[float, dict[str, float]]], started: float, until: float) -> None:
     while time.monotonic() < until + 5:
-        samples.append((time.monotonic() - started, ray_rss_mb()))
+        samples.append((time.monotonic() - started, await asyncio.to_thread(ray_rss_by_process)))
         await asyncio.sleep(10)
 
 
-async def soak(url: str, calls: int, minutes: float, seed: int) -> tuple[Soak, list[tuple[float, float]]]:
+async def soak(url: str, calls: int, minutes: float, seed: int) -> tuple[Soak, list[tuple[float, dict[str, float]]]]:
     from voxray.speech import piper_speech
 
     pcm = np.concatenate([np.zeros(4800, np.int16), piper_speech(SENTENCE)])
@@ -131,24 +133,33 @@ async def soak(url: str, calls: int, minutes: float, seed: int) -> tuple[Soak, l
     return stats, memory
 
 
-def report(stats: Soak, memory: list[tuple[float, float]], calls: int, minutes: float) -> str:
-    def p50(xs: list[float]) -> float | None:
-        return statistics.median(xs) if xs else None
+def report(stats: Soak, memory: list[tuple[float, dict[str, float]]], calls: int, minutes: float) -> str:
+    def pct(xs: list[float], q: float) -> float:
+        return float(np.percentile(xs, q)) if xs else 0.0
 
-    first = [ms for t, ms in stats.asr_ms if t < 60]
-    last = [ms for t, ms in stats.asr_ms if t >= minutes * 60 - 60]
-    growth = (memory[-1][1] - memory[0][1]) if len(memory) >= 2 else 0.0
+    total = [(t, sum(m.values())) for t, m in memory]
     lines = [
         f"soak: {calls} concurrent calls for {minutes:g} min (loopback, real-time audio)",
         f"{'calls completed':<28}{stats.completed_calls}",
         f"{'turns (utterance+reply)':<28}{stats.turns}",
         f"{'calls dropped':<28}{len(stats.dropped)}",
-        f"{'Ray RSS start -> end (MB)':<28}{memory[0][1]:.0f} -> {memory[-1][1]:.0f} ({growth:+.0f})" if memory else "",
-        f"{'asrFinal p50 first minute':<28}{p50(first) or 0:.0f} ms",
-        f"{'asrFinal p50 last minute':<28}{p50(last) or 0:.0f} ms",
     ]
+    if total:
+        lines.append(f"{'Ray RSS start -> end (MB)':<28}{total[0][1]:.0f} -> {total[-1][1]:.0f} "
+                     f"({total[-1][1] - total[0][1]:+.0f})")
+    # Drift: per minute, so a steady state and a trend can be told apart.
+    lines += ["", "| minute | utterances | asrFinal p50 (s) | p95 (s) | Ray RSS (MB) |", "|---|---|---|---|---|"]
+    for m in range(int(np.ceil(minutes))):
+        lat = [ms / 1000 for t, ms in stats.asr_ms if m * 60 <= t < (m + 1) * 60]
+        rss = [v for t, v in total if t < (m + 1) * 60]
+        lines.append(f"| {m + 1} | {len(lat)} | {pct(lat, 50):.1f} | {pct(lat, 95):.1f} | "
+                     f"{rss[-1] if rss else 0:.0f} |")
+    if len(memory) >= 2:  # where memory went: the processes that grew most
+        first, last = memory[0][1], memory[-1][1]
+        growth = sorted(((last[k] - first.get(k, 0.0), k) for k in last), reverse=True)[:5]
+        lines += ["", "growth by process (MB): " + ", ".join(f"{k} {g:+.0f}" for g, k in growth)]
     lines += [f"  drop: {d}" for d in stats.dropped[:10]]
-    return "\n".join(line for line in lines if line)
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
