@@ -37,6 +37,7 @@ FRAME = 640  # 20 ms of 16 kHz PCM
 class Soak:
     completed_calls: int = 0
     turns: int = 0
+    refused: int = 0  # turned away by admission control (503): a busy signal, not a drop
     dropped: list[str] = field(default_factory=list)
     asr_ms: list[tuple[float, float]] = field(default_factory=list)  # (time since start, latency)
 
@@ -81,8 +82,13 @@ async def caller(url: str, speech: bytes, until: float, started: float, stats: S
             async with websockets.connect(url, max_size=2**22) as ws:
                 await ws.send(json.dumps({"command": "invite", "option": {"codec": "pcm"}}))
                 async with asyncio.timeout(30):
-                    while json.loads(await ws.recv())["event"] != "answer":
-                        pass
+                    while (e := json.loads(await ws.recv()))["event"] != "answer":
+                        if e["event"] == "error" and e.get("code") == 503:
+                            break
+                if e["event"] != "answer":  # the cluster is full: the caller tries again later
+                    stats.refused += 1
+                    await asyncio.sleep(rng.uniform(5, 10))
+                    continue
                 for _ in range(rng.randint(2, 4)):
                     if time.monotonic() >= until:
                         break
@@ -143,6 +149,7 @@ def report(stats: Soak, memory: list[tuple[float, dict[str, float]]], calls: int
         f"{'calls completed':<28}{stats.completed_calls}",
         f"{'turns (utterance+reply)':<28}{stats.turns}",
         f"{'calls dropped':<28}{len(stats.dropped)}",
+        f"{'call attempts refused (503)':<28}{stats.refused}",
     ]
     if total:
         lines.append(f"{'Ray RSS start -> end (MB)':<28}{total[0][1]:.0f} -> {total[-1][1]:.0f} "

@@ -87,7 +87,8 @@ def deploy(config: VoxrayConfig, log=print) -> None:
         raise RuntimeError(f"deploy failed: {error[0]}") from error[0]
     from voxray.cluster.placement import ensure_ua_nodes
 
-    for info in ensure_ua_nodes(config.serve.app_name, config.media.model_dump(), config.transports.model_dump()):
+    for info in ensure_ua_nodes(config.serve.app_name, config.media.model_dump(), config.transports.model_dump(),
+                                config.admission.model_dump()):
         log(f"  [{time.monotonic() - t0:5.1f}s] UA node on {info['node_id'][:12]}: "
             f"{', '.join(info['transports']) or 'no network transports'}")
     log(f"voxray is serving on ws://{config.serve.host}:{config.serve.port}/call "

@@ -13,25 +13,27 @@ def ua_node_name(node_id: str) -> str:
 
 
 def ua_node_for(node_id: str, app_name: str = "voxray", media: dict | None = None,
-                transports: dict | None = None):
+                transports: dict | None = None, admission: dict | None = None):
     """The UA node actor on `node_id`, started there if it is not up yet."""
     from voxray.ua_node.actor import UaNode
 
     return UaNode.options(
         name=ua_node_name(node_id), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-    ).remote(app_name, media, transports)
+    ).remote(app_name, media, transports, admission)
 
 
-def local_ua_node(app_name: str = "voxray", media: dict | None = None, transports: dict | None = None):
+def local_ua_node(app_name: str = "voxray", media: dict | None = None, transports: dict | None = None,
+                  admission: dict | None = None):
     """The UA node on the node this process runs on."""
-    return ua_node_for(ray.get_runtime_context().get_node_id(), app_name, media, transports)
+    return ua_node_for(ray.get_runtime_context().get_node_id(), app_name, media, transports, admission)
 
 
 def ensure_ua_nodes(app_name: str = "voxray", media: dict | None = None,
-                    transports: dict | None = None) -> list:
+                    transports: dict | None = None, admission: dict | None = None) -> list:
     """One UA node per alive node; waits until each is ready and returns their info."""
-    actors = [ua_node_for(n["NodeID"], app_name, media, transports) for n in ray.nodes() if n.get("Alive")]
+    actors = [ua_node_for(n["NodeID"], app_name, media, transports, admission)
+              for n in ray.nodes() if n.get("Alive")]
     return ray.get([a.ready.remote() for a in actors], timeout=120)
 
 
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         eprint(f"UA node on {args.drain[:12]} drained; {left} call(s) still up")
         raise SystemExit(1 if left else 0)
     config = VoxrayConfig.load(args.config)
-    for info in ensure_ua_nodes(config.serve.app_name, config.media.model_dump(), config.transports.model_dump()):
+    for info in ensure_ua_nodes(config.serve.app_name, config.media.model_dump(), config.transports.model_dump(),
+                                config.admission.model_dump()):
         eprint(f"UA node on {info['node_id'][:12]}: {', '.join(info['transports']) or 'no network transports'}")
 
 

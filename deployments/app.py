@@ -27,4 +27,5 @@ def build_app(config: VoxrayConfig) -> Application:
         config.serve.app_name,
         # Tokens are resolved here, where the environment is the operator's.
         config.security.model_copy(update={"api_tokens": config.security.tokens(), "api_token_env": ""}).model_dump(),
+        config.admission.model_dump(),
     )

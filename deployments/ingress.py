@@ -11,6 +11,7 @@ from ray import serve
 
 from voxray.deployments.auth import TokenGuard
 from voxray.deployments.registry import CallInfo
+from voxray.admission import Admission, AdmissionSettings
 from voxray.config import SecuritySettings
 from voxray.deployments.services import ServeModelServices
 from voxray.deployments.agent_channel import AgentChannel, iso
@@ -19,7 +20,7 @@ from voxray.deployments.call_media import LocalMedia
 from voxray.deployments.console import router as console_router
 from voxray.deployments.remote_media import RemoteMedia
 from voxray import metrics
-from voxray.logs import get_logger
+from voxray.logs import bind_call, get_logger
 from voxray.protocol.events import Error, dump_event
 from voxray.ua_node.media.session import MediaConfig
 
@@ -39,12 +40,16 @@ api.include_router(console_router)  # GET /console: the WebRTC softphone page
 class Ingress:
     def __init__(self, vad, asr, tts, registry, media: dict | None = None,
                  transports: dict | None = None, app_name: str = "voxray",
-                 security: dict | None = None) -> None:
+                 security: dict | None = None, admission: dict | None = None) -> None:
         sec = SecuritySettings.model_validate(security or {})
+        self.admission_dict = admission or {}
+        # This replica's own gate, fed by its /call sessions' ASR answer times; SIP and
+        # WebRTC media live on the UA nodes, which gate their calls themselves.
+        self.admission = Admission(AdmissionSettings.model_validate(self.admission_dict))
         self.guard = TokenGuard(sec.tokens())
         self.resume_grace_s = sec.resume_grace_s
         self.dump_dir = sec.dump_dir
-        self.services = ServeModelServices(vad, asr, tts)
+        self.services = ServeModelServices(vad, asr, tts, on_asr_time=self.admission.observe_asr)
         self.registry = registry
         self.media_config_dict = media or {}
         self.media_config = MediaConfig(**self.media_config_dict)
@@ -84,8 +89,10 @@ class Ingress:
             raise HTTPException(status_code=401, detail="missing or invalid token",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    async def _admit(self, ws: WebSocket, call_id: str) -> bool:
-        """Auth, then: a new call (True), a resumed one (held here until it ends), or refused."""
+    async def _admit(self, ws: WebSocket, call_id: str, gate: bool = False) -> bool:
+        """Auth, then: a new call (True), a resumed one (held here until it ends), or refused.
+
+        gate: apply this replica's admission control (calls whose media runs here)."""
         self._ensure_kill_listener()
         if not self.guard.allows(ws.headers, ws.query_params):
             metrics.inc("auth_rejected_total")
@@ -103,6 +110,16 @@ class Ingress:
             await ws.send_text(dump_event(Error(sender="protocol", error=f"call id '{call_id}' is in use", code=409)))
             await ws.close(1008)
             return False
+        why = self.admission.refusal(len(self.calls)) if gate else None
+        if why is not None:
+            metrics.inc("calls_refused_total", path=ws.url.path, reason=self.admission.reason_tag(why))
+            with bind_call(call_id):
+                log.warning("call refused", extra={"why": why, "refused_total": self.admission.refused})
+            retry = self.admission.settings.retry_after_s
+            await ws.send_text(dump_event(Error(sender="server", code=503,
+                                                error=f"{why}; try again in {retry} s")))
+            await ws.close(1013)  # Try Again Later
+            return False
         return True
 
     def _channel(self, ws: WebSocket, call_id: str, path: str, factory) -> AgentChannel:
@@ -114,7 +131,7 @@ class Ingress:
     @api.websocket("/call")
     async def call(self, ws: WebSocket, id: str | None = None, dump: bool = False) -> None:
         call_id = id or uuid.uuid4().hex
-        if not await self._admit(ws, call_id):
+        if not await self._admit(ws, call_id, gate=True):
             return
 
         def local_media(ch: AgentChannel) -> LocalMedia:
@@ -153,7 +170,8 @@ class Ingress:
             from voxray.cluster.placement import local_ua_node
 
             # Looking the actor up (or creating it) is a blocking GCS round trip: off the loop.
-            ua = await asyncio.to_thread(local_ua_node, self.app_name, self.media_config_dict, self.transports)
+            ua = await asyncio.to_thread(local_ua_node, self.app_name, self.media_config_dict, self.transports,
+                                         self.admission_dict)
             await ua.ready.remote()
             self._ua_node = ua
         return self._ua_node
@@ -256,4 +274,5 @@ class Ingress:
     @api.get("/healthz")
     async def healthz(self) -> dict:
         return {"ok": True, "calls": len(self.calls), "replica": self.replica,
-                "rejected_auth": self.guard.rejected}
+                "rejected_auth": self.guard.rejected, "refused_calls": self.admission.refused,
+                "asr_p50_s": self.admission.asr_p50()}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from voxray.deployments.messages import (
     AsrRequest, AsrResult, TtsAudio, TtsRequest, VadBatch, VadBatchResult, VadChunk, VadChunkResult,
@@ -33,8 +33,10 @@ def _replica_failures() -> tuple[type[BaseException], ...]:
 class ServeModelServices:
     """Model calls through Serve handles, retried while a failed replica is replaced."""
 
-    def __init__(self, vad_handle, asr_handle, tts_handle, retry_for_s: float = 30.0) -> None:
+    def __init__(self, vad_handle, asr_handle, tts_handle, retry_for_s: float = 30.0,
+                 on_asr_time: Callable[[float], None] | None = None) -> None:
         self._asr = asr_handle
+        self.on_asr_time = on_asr_time  # admission control watches how long ASR takes to answer
         self._tts = tts_handle
         self._vad = vad_handle
         self.retry_for_s = retry_for_s
@@ -63,7 +65,10 @@ class ServeModelServices:
 
     async def transcribe(self, req: AsrRequest) -> AsrResult:
         failures: list[str] = []
+        t0 = time.monotonic()
         result = await self._retrying("asr", lambda: self._asr.transcribe.remote(req), failures)
+        if self.on_asr_time is not None:
+            self.on_asr_time(time.monotonic() - t0)
         # The agent learns of the lost replica through the fallback metrics.
         return result.model_copy(update={"failures": failures + result.failures}) if failures else result
 

@@ -29,9 +29,13 @@ def test_token_guard_unit():
     assert g.rejected == 3
 
 
+MAX_CALLS = 3
+
+
 @pytest.fixture(scope="module")
 def secure_server(voxray_server, tmp_path_factory):
-    """A second voxray app on the same cluster: tokens on, a 3 s resume grace, its own CDR file."""
+    """A second voxray app on the same cluster: tokens on, a 3 s resume grace, its own CDR file,
+    at most MAX_CALLS calls at a time."""
     from ray import serve
 
     from voxray.config import VoxrayConfig
@@ -42,6 +46,7 @@ def secure_server(voxray_server, tmp_path_factory):
     config.security.api_tokens = [TOKEN]
     config.security.resume_grace_s = 3.0
     config.security.cdr_path = str(tmp_path_factory.mktemp("cdr") / "cdr.sqlite")
+    config.admission.max_calls = MAX_CALLS
     serve.run(build_app(config), name="voxray-secure", route_prefix="/secure")
     yield f"{voxray_server}/secure"
     serve.delete("voxray-secure")
@@ -208,3 +213,51 @@ async def test_dump_writes_every_command_and_event(secure_server, tmp_path):
     events = [json.loads(x["msg"])["event"] for x in lines if x["dir"] == "out"]
     assert events == ["answer", "error", "hangup"]
     assert any(x["msg"] == "{broken" for x in lines)
+
+
+async def test_calls_over_max_calls_are_refused_with_503_and_admitted_again(secure_server):
+    async with httpx.AsyncClient() as http:  # calls of earlier tests (held for resume) end first
+        for _ in range(100):
+            health = (await http.get(f"http://{secure_server}/healthz", params={"token": TOKEN})).json()
+            if health["calls"] == 0:
+                break
+            await asyncio.sleep(0.1)
+    clients = [await _call(secure_server, f"cap-{i}") for i in range(MAX_CALLS)]
+    try:
+        for c in clients:
+            await c.send({"command": "invite", "option": {"codec": "pcm"}})
+            await c.wait_for("answer", timeout=15)
+        extra = await _call(secure_server, "cap-extra")
+        err = await extra.wait_for("error", timeout=10)
+        assert err["code"] == 503 and "max_calls" in err["error"] and "try again" in err["error"], err
+        await asyncio.wait_for(extra.closed.wait(), 10)
+        assert extra.ws.close_code == 1013  # Try Again Later
+        # The admitted calls are untouched; one ends, and a new call gets in.
+        await clients[0].send({"command": "hangup"})
+        await clients[0].wait_for("hangup")
+        await clients[0].close()
+        for _ in range(50):
+            again = await _call(secure_server, "cap-again")
+            await again.send({"command": "invite", "option": {"codec": "pcm"}})
+            try:
+                await again.wait_for("answer", timeout=10)
+                break
+            except AssertionError:  # the ended call may still be leaving
+                await again.close()
+                await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("no new call admitted after one ended")
+        clients[0] = again
+        async with httpx.AsyncClient() as http:
+            health = (await http.get(f"http://{secure_server}/healthz", params={"token": TOKEN})).json()
+        assert health["refused_calls"] >= 1
+    finally:
+        for c in clients:
+            await c.close()
+    async with httpx.AsyncClient() as http:
+        for _ in range(100):
+            health = (await http.get(f"http://{secure_server}/healthz", params={"token": TOKEN})).json()
+            if health["calls"] == 0:
+                break
+            await asyncio.sleep(0.2)
+        assert health["calls"] == 0, health

@@ -18,17 +18,20 @@ class UaNode:
     """Async actor: every method runs on one event loop, as the media sessions do."""
 
     def __init__(self, app_name: str = "voxray", media: dict | None = None,
-                 transports: dict | None = None) -> None:
+                 transports: dict | None = None, admission: dict | None = None) -> None:
         from ray import serve
 
+        from voxray.admission import Admission, AdmissionSettings
         from voxray.deployments.services import ServeModelServices
 
+        gate = Admission(AdmissionSettings.model_validate(admission or {}))
         services = ServeModelServices(
             serve.get_deployment_handle("VadDeployment", app_name),
             serve.get_deployment_handle("AsrDeployment", app_name),
             serve.get_deployment_handle("TtsDeployment", app_name),
+            on_asr_time=gate.observe_asr,
         )
-        self.core = UaNodeCore(services, MediaConfig(**(media or {})))
+        self.core = UaNodeCore(services, MediaConfig(**(media or {})), gate)
         self._transport_config = transports or {}
         self.node_id = ray.get_runtime_context().get_node_id()
         # Transports come up now, on the actor's loop: an actor restarted after a crash

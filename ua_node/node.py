@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from pydantic import BaseModel
 
+from voxray.admission import Admission
 from voxray.deployments.call_media import SessionSink, apply_command
 from voxray.logs import bind_call, get_logger
 from voxray.protocol import commands as cmd
@@ -57,8 +58,10 @@ class NodeCall:
 class UaNodeCore:
     """The node's calls and their life cycle, without Ray (tests drive it directly)."""
 
-    def __init__(self, services: ModelServices, media_config: MediaConfig | None = None) -> None:
+    def __init__(self, services: ModelServices, media_config: MediaConfig | None = None,
+                 admission: Admission | None = None) -> None:
         self.services = services
+        self.admission = admission
         self.media_config = media_config or MediaConfig()
         self.calls: dict[str, NodeCall] = {}
         self.transports: dict[str, TransportFactory] = {}
@@ -113,9 +116,20 @@ class UaNodeCore:
                 pass
         return self.live_calls()
 
-    async def open_call(self, call_id: str, kind: str, option: dict) -> CommandResult:
+    def refusal(self) -> str | None:
+        """Why this node takes no new call now (draining, at capacity, overloaded), or None."""
         if self.draining:
-            return CommandResult(ok=False, error="this node is draining; place the call again", code=503)
+            return "this node is draining"
+        if self.admission is not None:
+            return self.admission.refusal(self.live_calls())
+        return None
+
+    async def open_call(self, call_id: str, kind: str, option: dict) -> CommandResult:
+        why = self.refusal()
+        if why is not None:
+            with bind_call(call_id):
+                log.warning("call refused", extra={"why": why})
+            return CommandResult(ok=False, error=f"{why}; place the call again", code=503)
         if call_id in self.calls:
             return CommandResult(ok=False, error=f"call id '{call_id}' is in use", code=409)
         factory = self.transports.get(kind)

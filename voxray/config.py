@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from voxray.admission import AdmissionSettings
 from voxray.providers.catalog import ProvidersConfig
 
 from voxray.ua_node.sip.config import SipSettings
@@ -87,6 +88,7 @@ class SecuritySettings(BaseModel):
 
 class VoxrayConfig(BaseModel):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     transports: Transports = Field(default_factory=Transports)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)

@@ -213,6 +213,15 @@ class SipEndpoint:
             t.ended = True
             self._spawn(self.hangup(t, 403, "Forbidden"))
             return
+        why = self.core.refusal()
+        if why is not None:  # draining, at capacity or overloaded: the caller may try again
+            with bind_call(t.call_id):
+                log.warning("INVITE refused", extra={"why": why, "caller": info["caller"]})
+            metrics.inc("sip_rejected_total", reason="draining" if self.core.draining else "overloaded")
+            t.ended = True
+            retry = self.core.admission.settings.retry_after_s if self.core.admission else 5
+            self._spawn(self.hangup(t, 503, "Service Unavailable", {"Retry-After": str(retry)}))
+            return
         call = NodeCall(t.call_id, "sip", cmd.CallOption(caller=info["caller"], callee=info["callee"]))
         call.transport = t
         t.sip_info = info
@@ -353,7 +362,8 @@ class SipEndpoint:
         pjcall.answer(prm)
         return pjcall.local_sdp
 
-    async def hangup(self, t: SipTransport, code: int = 200, reason: str = "") -> None:
+    async def hangup(self, t: SipTransport, code: int = 200, reason: str = "",
+                     headers: dict[str, str] | None = None) -> None:
         def job() -> None:
             pjcall = t.pj_call()
             if pjcall is None or pjcall.disconnected:
@@ -363,6 +373,10 @@ class SipEndpoint:
                 prm.statusCode = code
                 if reason:
                     prm.reason = reason
+                for name, value in (headers or {}).items():
+                    h = pj.SipHeader()
+                    h.hName, h.hValue = name, value
+                    prm.txOption.headers.append(h)
             pjcall.hangup(prm)
         try:
             await self.stack.call(job)
