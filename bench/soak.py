@@ -101,19 +101,26 @@ async def caller(url: str, speech: bytes, until: float, started: float, stats: S
                         if isinstance(msg, str) and json.loads(msg)["event"] == "hangup":
                             break
             stats.completed_calls += 1
+        except websockets.ConnectionClosed as exc:
+            if exc.rcvd is not None and exc.rcvd.code == 1013:  # refused at the door (503): busy
+                stats.refused += 1
+                await asyncio.sleep(rng.uniform(5, 10))
+                continue
+            stats.dropped.append(f"{type(exc).__name__}: {exc}"[:200])
         except Exception as exc:  # a drop: counted, reported, and the caller dials again
             stats.dropped.append(f"{type(exc).__name__}: {exc}"[:200])
 
 
 def ray_rss_by_process() -> dict[str, float]:
-    """RSS (MB) of Ray's processes, keyed by their title (`ray::ServeReplica:voxray:AsrDeployment`…)."""
+    """RSS (MB) of Ray's processes, keyed `pid name`; the name is the process title's actor
+    part (`ray::ServeReplica:voxray:AsrDeployment`), without the method it runs now."""
     out: dict[str, float] = {}
     for p in psutil.process_iter(["pid", "cmdline", "memory_info"]):
         cmd = " ".join(p.info["cmdline"] or [])
         if "ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd:
-            name = cmd.split()[0] if cmd.startswith("ray::") else ("raylet" if "raylet" in cmd else "gcs_server")
-            key = f"{name} [{p.info['pid']}]"
-            out[key] = p.info["memory_info"].rss / 2**20
+            name = cmd.split()[0].split(".")[0] if cmd.startswith("ray::") else (
+                "raylet" if "raylet" in cmd else "gcs_server")
+            out[f"{p.info['pid']} {name}"] = p.info["memory_info"].rss / 2**20
     return out
 
 

@@ -45,7 +45,8 @@ class Ingress:
         self.admission_dict = admission or {}
         # This replica's own gate, fed by its /call sessions' ASR answer times; SIP and
         # WebRTC media live on the UA nodes, which gate their calls themselves.
-        self.admission = Admission(AdmissionSettings.model_validate(self.admission_dict))
+        self.admission = Admission(AdmissionSettings.model_validate(self.admission_dict),
+                                   lambda: sum(1 for c in self.calls.values() if c.path == "/call"))
         self.guard = TokenGuard(sec.tokens())
         self.resume_grace_s = sec.resume_grace_s
         self.dump_dir = sec.dump_dir
@@ -110,7 +111,7 @@ class Ingress:
             await ws.send_text(dump_event(Error(sender="protocol", error=f"call id '{call_id}' is in use", code=409)))
             await ws.close(1008)
             return False
-        why = self.admission.refusal(len(self.calls)) if gate else None
+        why = self.admission.refusal() if gate else None
         if why is not None:
             metrics.inc("calls_refused_total", path=ws.url.path, reason=self.admission.reason_tag(why))
             with bind_call(call_id):
@@ -275,4 +276,4 @@ class Ingress:
     async def healthz(self) -> dict:
         return {"ok": True, "calls": len(self.calls), "replica": self.replica,
                 "rejected_auth": self.guard.rejected, "refused_calls": self.admission.refused,
-                "asr_p50_s": self.admission.asr_p50()}
+                "admission_limit": round(self.admission.limit, 2), "last_asr_s": self.admission.last_asr_s}

@@ -8,38 +8,77 @@ from voxray.ua_node.node import UaNodeCore
 from voxray.ua_node.transport import MediaTransport
 
 
+class Calls:
+    """The gate's view of the calls up."""
+
+    def __init__(self, n: int = 0) -> None:
+        self.n = n
+
+    def __call__(self) -> int:
+        return self.n
+
+
 def test_max_calls_caps_concurrent_calls():
-    gate = Admission(AdmissionSettings(max_calls=2, asr_latency_s=None))
-    assert gate.refusal(0) is None and gate.refusal(1) is None
-    why = gate.refusal(2)
+    up = Calls()
+    gate = Admission(AdmissionSettings(max_calls=2, asr_latency_s=None), up)
+    assert gate.refusal() is None
+    up.n = 1
+    assert gate.refusal() is None
+    up.n = 2
+    why = gate.refusal()
     assert why is not None and "max_calls 2" in why and gate.reason_tag(why) == "max_calls"
     assert gate.refused == 1
 
 
-def test_slow_asr_refuses_until_the_window_forgets_it():
-    gate = Admission(AdmissionSettings(asr_latency_s=4.0, window_s=30, min_samples=3))
+def test_initial_limit_holds_a_burst_before_any_answer():
+    up = Calls()
+    gate = Admission(AdmissionSettings(initial_limit=4), up)
+    admitted = 0
+    for _ in range(50):  # 50 callers at once, no ASR answer yet
+        if gate.refusal() is None:
+            admitted += 1
+            up.n += 1
+    assert admitted == 4 and gate.refused == 46
+
+
+def test_slow_answers_shrink_the_limit_and_fast_ones_grow_it_back():
+    up = Calls(10)
+    s = AdmissionSettings(asr_latency_s=4.0, initial_limit=16, backoff=0.5, cooldown_s=5)
+    gate = Admission(s, up)
     gate.observe_asr(9.0, now=100.0)
-    gate.observe_asr(9.5, now=101.0)
-    assert gate.refusal(5, now=102.0) is None  # two answers are not evidence yet
-    gate.observe_asr(0.5, now=102.0)
-    assert gate.refusal(5, now=102.5) is not None  # median 9.0 s > 4 s
-    gate.observe_asr(0.4, now=103.0)
-    gate.observe_asr(0.6, now=104.0)
-    assert gate.refusal(5, now=104.5) is None  # median back to 0.6 s
-    gate.observe_asr(12.0, now=110.0)
-    gate.observe_asr(12.0, now=111.0)
-    gate.observe_asr(12.0, now=112.0)
-    why = gate.refusal(0, now=113.0)
-    assert why is not None and gate.reason_tag(why) == "asr_latency" and "9.2 s, limit 4 s" in why
-    assert gate.refusal(0, now=150.0) is None  # the slow answers aged out of the window
-    assert gate.asr_p50(now=150.0) is None
+    assert gate.limit == 5.0  # 0.5 x the 10 calls up
+    gate.observe_asr(9.0, now=101.0)
+    assert gate.limit == 5.0  # same congestion episode: one decrease per cooldown
+    why = gate.refusal()
+    assert why is not None and gate.reason_tag(why) == "asr_latency" and "9.0 s" in why
+    up.n = 4  # calls ended; answers are fast again
+    for i in range(40):
+        gate.observe_asr(0.5, now=110.0 + i)
+        up.n = int(gate.limit) - 1  # new calls take the room as it opens
+    assert gate.limit > 8  # additive increase: about +1 per `limit` fast answers
+    assert gate.refusal() is None
+    gate.observe_asr(20.0, now=200.0)
+    assert gate.limit <= 0.5 * max(up.n, 1) + 1e-9
 
 
-def test_disabled_gate_admits_everything():
-    gate = Admission(AdmissionSettings(max_calls=None, asr_latency_s=None))
+def test_limit_does_not_grow_while_it_is_not_what_holds_calls_back():
+    up = Calls(1)
+    gate = Admission(AdmissionSettings(asr_latency_s=4.0, initial_limit=8), up)
+    for i in range(100):
+        gate.observe_asr(0.5, now=float(i))
+    assert gate.limit == 8  # one quiet call says nothing about room for more
+
+
+def test_min_limit_and_disabled_gate():
+    up = Calls(0)
+    gate = Admission(AdmissionSettings(asr_latency_s=1.0, min_limit=2, cooldown_s=0), up)
     for i in range(5):
-        gate.observe_asr(60.0, now=float(i))
-    assert gate.refusal(10_000, now=5.0) is None and gate.refused == 0
+        gate.observe_asr(30.0, now=float(i))
+    assert gate.limit == 2
+    off = Admission(AdmissionSettings(max_calls=None, asr_latency_s=None), Calls(10_000))
+    for i in range(5):
+        off.observe_asr(60.0, now=float(i))
+    assert off.refusal() is None and off.refused == 0
 
 
 class _Null(MediaTransport):

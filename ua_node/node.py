@@ -62,6 +62,8 @@ class UaNodeCore:
                  admission: Admission | None = None) -> None:
         self.services = services
         self.admission = admission
+        if admission is not None:
+            admission.count_active = self.live_calls
         self.media_config = media_config or MediaConfig()
         self.calls: dict[str, NodeCall] = {}
         self.transports: dict[str, TransportFactory] = {}
@@ -121,7 +123,7 @@ class UaNodeCore:
         if self.draining:
             return "this node is draining"
         if self.admission is not None:
-            return self.admission.refusal(self.live_calls())
+            return self.admission.refusal()
         return None
 
     async def open_call(self, call_id: str, kind: str, option: dict) -> CommandResult:
