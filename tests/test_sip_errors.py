@@ -99,3 +99,25 @@ def test_node_still_answers_after_the_error_scenarios(voxray_server):
     msg, _ = sip_request("OPTIONS", f"sip:voxray@127.0.0.1:{SIP_ENV.sip_port}")
     replies = udp_exchange(msg, 5.0, "SIP/2.0 200")
     assert any(r.startswith("SIP/2.0 200") for r in replies), replies
+
+
+async def test_a_draining_node_answers_invites_503_with_retry_after(voxray_server, sip_workdir, peers):  # noqa: F811
+    import ray
+
+    from voxray.cluster.placement import NAMESPACE, ua_node_name
+
+    node = ray.get_actor(ua_node_name(ray.get_runtime_context().get_node_id()), namespace=NAMESPACE)
+    assert await node.drain.remote(0.0) >= 0
+    try:
+        scenario = render("errors/request.xml", sip_workdir, ACK=(ERRORS / "ack.inc").read_text(), METHOD="INVITE",
+                          CALLEE="agent", CONTACT="\n      Contact: <sip:caller@[local_ip]:[local_port]>",
+                          TO_TAG="", CSEQ="1 INVITE", MAX_FORWARDS=70, HEADERS="\n      " + SDP_CT,
+                          BODY=SDP, EXPECT=503)
+        run = await peers(sipp(scenario, sip_workdir, f"127.0.0.1:{SIP_ENV.sip_port}", timeout_s=40))
+        rc = await run.wait(40)
+        messages = sipp_messages(scenario, sip_workdir)
+        assert rc == 0, f"sipp exit {rc}\n{messages[-3000:]}"
+        assert "Retry-After: 5" in messages, messages[-3000:]
+    finally:
+        await node.undrain.remote()
+    assert not await node.draining.remote()

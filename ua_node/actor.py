@@ -95,6 +95,10 @@ class UaNode:
     async def draining(self) -> bool:
         return self.core.draining
 
+    async def undrain(self) -> None:
+        """Take new calls again (a scale-down or upgrade that was called off)."""
+        self.core.undrain()
+
     async def shutdown(self) -> None:
         """End calls and stop transports cleanly (SIP: BYEs, un-REGISTER) before the actor dies."""
         await self.core.shutdown()

@@ -126,6 +126,10 @@ class UaNodeCore:
             return self.admission.refusal()
         return None
 
+    def undrain(self) -> None:
+        self.draining = False
+        log.info("draining called off", extra={"live_calls": self.live_calls()})
+
     async def open_call(self, call_id: str, kind: str, option: dict) -> CommandResult:
         why = self.refusal()
         if why is not None:
