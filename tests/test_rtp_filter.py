@@ -139,10 +139,17 @@ def test_sdp_guard_enforces_the_sdp_address_and_rate_limits_reports(socks):
     assert g.dropped(drops(), now=111.0) == 1
 
 
-def test_guard_reports_a_missing_socket():
+def test_guard_reports_a_missing_socket_and_leaves_no_half_filter(socks):
     g = RtpGuard("sdp")
     with pytest.raises(OSError):
         g.update(1, None, ("127.0.0.1", 4000), None, None)  # nothing of ours on port 1
+    rtp, other = socks(), socks()
+    lr = rtp.getsockname()[1]
+    with pytest.raises(OSError):  # the RTP socket is ours, the RTCP port is not
+        g.update(lr, 1, ("127.0.0.1", 4000), None, None)
+    assert not g.latched
+    other.sendto(b"x" * 20, ("127.0.0.1", lr))
+    assert _received(rtp) == [other.getsockname()]  # the RTP filter was taken off again
 
 
 def test_proc_parsing_and_addresses():

@@ -92,7 +92,12 @@ class _SockFprog(ctypes.Structure):
 def attach(fd: int, prog: list[tuple[int, int, int, int]] | None) -> None:
     """Attach prog to the socket behind fd (None: detach). The filter belongs to the
     socket, so it stays when the dup'd descriptor used to set it is closed."""
-    sock = socket.socket(fileno=os.dup(fd))
+    dup = os.dup(fd)
+    try:
+        sock = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        raise
     try:
         if prog is None:
             try:

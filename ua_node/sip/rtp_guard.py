@@ -77,14 +77,18 @@ class RtpGuard:
         ports = [(local_rtp, rtp_src)]
         if local_rtcp and local_rtcp != local_rtp:
             ports.append((local_rtcp, rtcp_src))
-        for port, src in ports:
-            found = rtp_filter.find_socket(port, sockets, fds)
-            if found is None:
-                raise OSError(f"no socket bound to media port {port}")
-            fd, inode = found
-            rtp_filter.attach(fd, rtp_filter.build_program(src))
-            drops = next((s.drops for s in sockets if s.inode == inode), 0)
-            self._socks[port] = _Sock(fd, inode, drops)
+        try:
+            for port, src in ports:
+                found = rtp_filter.find_socket(port, sockets, fds)
+                if found is None:
+                    raise OSError(f"no socket bound to media port {port}")
+                fd, inode = found
+                rtp_filter.attach(fd, rtp_filter.build_program(src))
+                drops = next((s.drops for s in sockets if s.inode == inode), 0)
+                self._socks[port] = _Sock(fd, inode, drops)
+        except OSError:
+            self._detach()  # all or nothing: no half-filtered call
+            raise
         self.rtp = rtp_src
         self._reported = 0  # new baselines
         return rtp_src
