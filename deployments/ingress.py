@@ -46,7 +46,8 @@ class Ingress:
         # This replica's own gate, fed by its /call sessions' ASR answer times; SIP and
         # WebRTC media live on the UA nodes, which gate their calls themselves.
         self.admission = Admission(AdmissionSettings.model_validate(self.admission_dict),
-                                   lambda: sum(1 for c in self.calls.values() if c.path == "/call"))
+                                   lambda: sum(1 for c in self.calls.values() if c.path == "/call"),
+                                   lambda v: metrics.set_gauge("admission_limit", v, where="ingress"))
         self.guard = TokenGuard(sec.tokens())
         self.resume_grace_s = sec.resume_grace_s
         self.dump_dir = sec.dump_dir

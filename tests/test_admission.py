@@ -61,6 +61,14 @@ def test_slow_answers_shrink_the_limit_and_fast_ones_grow_it_back():
     assert gate.limit <= 0.5 * max(up.n, 1) + 1e-9
 
 
+def test_limit_changes_are_reported():
+    seen: list[float] = []
+    gate = Admission(AdmissionSettings(asr_latency_s=4.0, initial_limit=8, backoff=0.5), Calls(6), seen.append)
+    gate.observe_asr(9.0, now=0.0)
+    gate.observe_asr(1.0, now=1.0)  # 6 calls up, limit 3: it binds, so it grows
+    assert seen == [3.0, 3.0 + 1 / 3]
+
+
 def test_limit_does_not_grow_while_it_is_not_what_holds_calls_back():
     up = Calls(1)
     gate = Admission(AdmissionSettings(asr_latency_s=4.0, initial_limit=8), up)

@@ -6,6 +6,7 @@ import asyncio
 
 import ray
 
+from voxray import metrics
 from voxray.logs import get_logger
 from voxray.ua_node.media.session import MediaConfig
 from voxray.ua_node.node import CommandResult, UaNodeCore
@@ -24,7 +25,8 @@ class UaNode:
         from voxray.admission import Admission, AdmissionSettings
         from voxray.deployments.services import ServeModelServices
 
-        gate = Admission(AdmissionSettings.model_validate(admission or {}))
+        gate = Admission(AdmissionSettings.model_validate(admission or {}),
+                         on_limit=lambda v: metrics.set_gauge("admission_limit", v, where="ua_node"))
         services = ServeModelServices(
             serve.get_deployment_handle("VadDeployment", app_name),
             serve.get_deployment_handle("AsrDeployment", app_name),

@@ -38,9 +38,11 @@ class AdmissionSettings(BaseModel):
 
 class Admission:
     def __init__(self, settings: AdmissionSettings | None = None,
-                 count_active: Callable[[], int] | None = None) -> None:
+                 count_active: Callable[[], int] | None = None,
+                 on_limit: Callable[[float], None] | None = None) -> None:
         self.settings = settings or AdmissionSettings()
         self.count_active = count_active or (lambda: 0)  # the calls this gate admits, up now
+        self.on_limit = on_limit  # told each new limit (a Prometheus gauge)
         self.limit = self.settings.initial_limit
         self.refused = 0
         self._last_decrease = float("-inf")
@@ -53,12 +55,15 @@ class Admission:
         if s.asr_latency_s is None:
             return
         now = time.monotonic() if now is None else now
+        before = self.limit
         if seconds > s.asr_latency_s:
             if now - self._last_decrease >= s.cooldown_s:
                 self._last_decrease = now
                 self.limit = max(s.min_limit, min(self.limit, s.backoff * max(self.count_active(), 1)))
         elif self.count_active() >= int(self.limit) - 1:  # grow only where the limit binds
             self.limit += 1.0 / self.limit
+        if self.limit != before and self.on_limit is not None:
+            self.on_limit(self.limit)
 
     def refusal(self) -> str | None:
         """Why a new call is refused now (counted), or None to admit it."""

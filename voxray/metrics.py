@@ -25,6 +25,8 @@ def _registry():
         "frames_total": Counter("voxray_audio_frames_total", "audio frames over agent sockets",
                                 tag_keys=("direction",)),
         "errors_total": Counter("voxray_errors_total", "error events sent to agents", tag_keys=("sender",)),
+        "admission_limit": Gauge("voxray_admission_limit", "adaptive concurrent-call limit",
+                                 tag_keys=("where",)),
         "calls_refused_total": Counter("voxray_calls_refused_total", "new calls turned away by admission control",
                                        tag_keys=("path", "reason")),
         "auth_rejected_total": Counter("voxray_auth_rejected_total", "requests refused for a bad token"),
