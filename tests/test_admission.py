@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from voxray.admission import Admission, AdmissionSettings
-from voxray.protocol import events as ev
 from voxray.ua_node.node import UaNodeCore
 from voxray.ua_node.transport import MediaTransport
+
+from voxray.admission import Admission, AdmissionSettings
+from voxray.protocol import events as ev
 
 
 class Calls:
