@@ -6,6 +6,7 @@ import socket
 
 import pytest
 from voxray.ua_node.sip import rtp_filter as rf
+from voxray.ua_node.sip.addr import peer_address
 from voxray.ua_node.sip.rtp_guard import RtpGuard, wanted_sources
 
 
@@ -157,7 +158,7 @@ def test_proc_parsing_and_addresses():
             "  1: 0100007F:7530 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000        0 99 2 0000000000000000 7\n"
             "garbage line\n")
     assert rf.parse_proc_udp(text) == [rf.UdpSocket(local_port=30000, inode=99, drops=7)]
-    assert rf.split_host_port("127.0.0.1:4000") == ("127.0.0.1", 4000)
-    assert rf.split_host_port("[::1]:4000") == ("::1", 4000)
+    assert peer_address("127.0.0.1:4000") == ("127.0.0.1", 4000)
+    assert peer_address("[::1]:4000") == ("::1", 4000)
     for bad in ("", "0.0.0.0:4000", "127.0.0.1:0", "host:4000", "127.0.0.1"):
-        assert rf.split_host_port(bad) is None, bad
+        assert peer_address(bad) is None, bad

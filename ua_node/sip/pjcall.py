@@ -14,7 +14,7 @@ import pjsua2 as pj
 
 from voxray.logs import get_logger
 from voxray.ua_node.sip.media_port import BridgePort, audio_format
-from voxray.ua_node.sip.rtp_filter import split_host_port
+from voxray.ua_node.sip.addr import host_port, peer_address
 from voxray.ua_node.sip.rtp_guard import RtpGuard
 
 if TYPE_CHECKING:
@@ -50,10 +50,8 @@ def plain_uri(uri: str) -> str:
 
 def _port(name: str) -> int | None:
     """The port of pjsua's "host:port" (None when empty)."""
-    try:
-        return int(name.rsplit(":", 1)[1]) or None
-    except (IndexError, ValueError):
-        return None
+    hp = host_port(name)
+    return (hp[1] or None) if hp else None
 
 
 def header_tag(value: str | None) -> str | None:
@@ -200,8 +198,8 @@ class SipCall(pj.Call):
         except pj.Error:
             return
         try:
-            src = g.update(_port(ti.localRtpName), _port(ti.localRtcpName), split_host_port(si.remoteRtpAddress),
-                           split_host_port(si.remoteRtcpAddress), split_host_port(ti.srcRtpName))
+            src = g.update(_port(ti.localRtpName), _port(ti.localRtcpName), peer_address(si.remoteRtpAddress),
+                           peer_address(si.remoteRtcpAddress), peer_address(ti.srcRtpName))
         except OSError as exc:
             # Without the filter the call still works, with pjmedia's own (weaker) source checks.
             self.stack.to_loop(self.transport.pj_rtp_filter_failed, str(exc))

@@ -170,19 +170,3 @@ def find_socket(local_port: int, sockets: list[UdpSocket] | None = None,
         if s.local_port == local_port and s.inode in fds:
             return fds[s.inode], s.inode
     return None
-
-
-def split_host_port(name: str) -> tuple[str, int] | None:
-    """pjsua's "1.2.3.4:5000" / "[::1]:5000" -> (host, port); None when empty or invalid."""
-    if not name or ":" not in name:
-        return None
-    host, _, port = name.rpartition(":")
-    host = host.strip("[]")
-    try:
-        ipaddress.ip_address(host)
-        p = int(port)
-    except ValueError:
-        return None
-    if host in ("0.0.0.0", "::") or not 0 < p < 65536:
-        return None
-    return host, p

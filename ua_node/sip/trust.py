@@ -6,6 +6,8 @@ import ipaddress
 import socket
 from urllib.parse import urlparse
 
+from voxray.ua_node.sip.addr import host_port
+
 
 def registrar_host(registrar: str) -> str | None:
     """'sip:pbx.example:5060;transport=udp' -> 'pbx.example'."""
@@ -34,7 +36,8 @@ class TrustedSources:
         """`source` as pjsip gives it: 'ip:port' or '[v6]:port'."""
         if not self.enabled:
             return True
-        host = source.rsplit(":", 1)[0].strip("[]") if source.count(":") == 1 or source.startswith("[") else source
+        hp = host_port(source)
+        host = hp[0] if hp else source  # a bare address is taken as it is
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
