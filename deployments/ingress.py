@@ -46,7 +46,7 @@ class Ingress:
         # This replica's own gate, fed by its /call sessions' ASR answer times; SIP and
         # WebRTC media live on the UA nodes, which gate their calls themselves.
         self.admission = Admission(AdmissionSettings.model_validate(self.admission_dict),
-                                   lambda: sum(1 for c in self.calls.values() if c.path == "/call"),
+                                   lambda: self._active("/call"),
                                    lambda v: metrics.set_gauge("admission_limit", v, where="ingress"))
         self.guard = TokenGuard(sec.tokens())
         self.resume_grace_s = sec.resume_grace_s
@@ -114,12 +114,12 @@ class Ingress:
             return False
         why = self.admission.refusal() if gate else None
         if why is not None:
-            metrics.inc("calls_refused_total", path=ws.url.path, reason=self.admission.reason_tag(why))
+            metrics.inc("calls_refused_total", path=ws.url.path, reason=why.reason)
             with bind_call(call_id):
-                log.warning("call refused", extra={"why": why, "refused_total": self.admission.refused})
+                log.warning("call refused", extra={"why": why.text, "refused_total": self.admission.refused})
             retry = self.admission.settings.retry_after_s
             await ws.send_text(dump_event(Error(sender="server", code=503,
-                                                error=f"{why}; try again in {retry} s")))
+                                                error=f"{why.text}; try again in {retry} s")))
             await ws.close(1013)  # Try Again Later
             return False
         return True
@@ -152,8 +152,11 @@ class Ingress:
             self._count_active(call.path)
             metrics.inc("calls_total", path=call.path, reason=call.reason or "unknown")
 
+    def _active(self, path: str) -> int:
+        return sum(1 for c in self.calls.values() if c.path == path)
+
     def _count_active(self, path: str) -> None:
-        metrics.set_gauge("calls_active", sum(1 for c in self.calls.values() if c.path == path), path=path)
+        metrics.set_gauge("calls_active", self._active(path), path=path)
 
     async def _remote_call(self, ws: WebSocket, call_id: str | None, kind: str, ua_node=None) -> None:
         """A call whose media a UA node holds; this socket carries only commands and events."""

@@ -27,7 +27,7 @@ def test_max_calls_caps_concurrent_calls():
     assert gate.refusal() is None
     up.n = 2
     why = gate.refusal()
-    assert why is not None and "max_calls 2" in why and gate.reason_tag(why) == "max_calls"
+    assert why is not None and "max_calls 2" in why.text and why.reason == "max_calls"
     assert gate.refused == 1
 
 
@@ -51,7 +51,7 @@ def test_slow_answers_shrink_the_limit_and_fast_ones_grow_it_back():
     gate.observe_asr(9.0, now=101.0)
     assert gate.limit == 5.0  # same congestion episode: one decrease per cooldown
     why = gate.refusal()
-    assert why is not None and gate.reason_tag(why) == "asr_latency" and "9.0 s" in why
+    assert why is not None and why.reason == "asr_latency" and "9.0 s" in why.text
     up.n = 4  # calls ended; answers are fast again
     for i in range(40):
         gate.observe_asr(0.5, now=110.0 + i)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from pydantic import BaseModel
 
-from voxray.admission import Admission
+from voxray.admission import Admission, AdmissionSettings, Refusal
 from voxray.deployments.call_media import SessionSink, apply_command
 from voxray.logs import bind_call, get_logger
 from voxray.protocol import commands as cmd
@@ -118,13 +118,18 @@ class UaNodeCore:
                 pass
         return self.live_calls()
 
-    def refusal(self) -> str | None:
+    def refusal(self) -> Refusal | None:
         """Why this node takes no new call now (draining, at capacity, overloaded), or None."""
         if self.draining:
-            return "this node is draining"
+            return Refusal("draining", "this node is draining")
         if self.admission is not None:
             return self.admission.refusal()
         return None
+
+    @property
+    def retry_after_s(self) -> int:
+        """What refused callers are told to wait."""
+        return (self.admission.settings if self.admission is not None else AdmissionSettings()).retry_after_s
 
     def undrain(self) -> None:
         self.draining = False
@@ -134,8 +139,8 @@ class UaNodeCore:
         why = self.refusal()
         if why is not None:
             with bind_call(call_id):
-                log.warning("call refused", extra={"why": why})
-            return CommandResult(ok=False, error=f"{why}; place the call again", code=503)
+                log.warning("call refused", extra={"why": why.text})
+            return CommandResult(ok=False, error=f"{why.text}; place the call again", code=503)
         if call_id in self.calls:
             return CommandResult(ok=False, error=f"call id '{call_id}' is in use", code=409)
         factory = self.transports.get(kind)

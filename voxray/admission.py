@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -34,6 +35,11 @@ class AdmissionSettings(BaseModel):
     backoff: float = Field(0.75, gt=0, lt=1, description="on a slow answer: limit = backoff x calls up")
     cooldown_s: float = Field(5.0, ge=0, description="one decrease per congestion episode")
     retry_after_s: int = Field(5, ge=1, description="told to refused callers (Retry-After, error text)")
+
+
+class Refusal(NamedTuple):
+    reason: str  # a metrics tag: max_calls, asr_latency (draining, from the UA node)
+    text: str  # for the caller and the logs
 
 
 class Admission:
@@ -65,19 +71,16 @@ class Admission:
         if self.limit != before and self.on_limit is not None:
             self.on_limit(self.limit)
 
-    def refusal(self) -> str | None:
+    def refusal(self) -> Refusal | None:
         """Why a new call is refused now (counted), or None to admit it."""
         s = self.settings
         active_calls = self.count_active()
         why = None
         if s.max_calls is not None and active_calls >= s.max_calls:
-            why = f"at capacity ({active_calls} calls, max_calls {s.max_calls})"
+            why = Refusal("max_calls", f"at capacity ({active_calls} calls, max_calls {s.max_calls})")
         elif s.asr_latency_s is not None and active_calls >= int(self.limit):
-            why = (f"overloaded ({active_calls} calls; speech recognition answered in "
-                   f"{self.last_asr_s or 0:.1f} s, target {s.asr_latency_s:g} s)")
+            why = Refusal("asr_latency", f"overloaded ({active_calls} calls; speech recognition answered in "
+                                         f"{self.last_asr_s or 0:.1f} s, target {s.asr_latency_s:g} s)")
         if why is not None:
             self.refused += 1
         return why
-
-    def reason_tag(self, why: str) -> str:
-        return "max_calls" if why.startswith("at capacity") else "asr_latency"

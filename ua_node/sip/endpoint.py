@@ -216,11 +216,10 @@ class SipEndpoint:
         why = self.core.refusal()
         if why is not None:  # draining, at capacity or overloaded: the caller may try again
             with bind_call(t.call_id):
-                log.warning("INVITE refused", extra={"why": why, "caller": info["caller"]})
-            metrics.inc("sip_rejected_total", reason="draining" if self.core.draining else "overloaded")
+                log.warning("INVITE refused", extra={"why": why.text, "caller": info["caller"]})
+            metrics.inc("sip_rejected_total", reason="draining" if why.reason == "draining" else "overloaded")
             t.ended = True
-            retry = self.core.admission.settings.retry_after_s if self.core.admission else 5
-            self._spawn(self.hangup(t, 503, "Service Unavailable", {"Retry-After": str(retry)}))
+            self._spawn(self.hangup(t, 503, "Service Unavailable", {"Retry-After": str(self.core.retry_after_s)}))
             return
         call = NodeCall(t.call_id, "sip", cmd.CallOption(caller=info["caller"], callee=info["callee"]))
         call.transport = t
