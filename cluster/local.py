@@ -85,10 +85,9 @@ def deploy(config: VoxrayConfig, log=print) -> None:
                 log(f"  [{time.monotonic() - t0:5.1f}s] {name}: {label}")
     if error:
         raise RuntimeError(f"deploy failed: {error[0]}") from error[0]
-    from voxray.cluster.placement import ensure_ua_nodes
+    from voxray.cluster.placement import ensure_ua_nodes_for
 
-    for info in ensure_ua_nodes(config.serve.app_name, config.media.model_dump(), config.transports.model_dump(),
-                                config.admission.model_dump()):
+    for info in ensure_ua_nodes_for(config):
         log(f"  [{time.monotonic() - t0:5.1f}s] UA node on {info['node_id'][:12]}: "
             f"{', '.join(info['transports']) or 'no network transports'}")
     log(f"voxray is serving on ws://{config.serve.host}:{config.serve.port}/call "

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+if TYPE_CHECKING:
+    from voxray.config import VoxrayConfig
 
 NAMESPACE = "voxray"
 
@@ -35,6 +40,12 @@ def ensure_ua_nodes(app_name: str = "voxray", media: dict | None = None,
     actors = [ua_node_for(n["NodeID"], app_name, media, transports, admission)
               for n in ray.nodes() if n.get("Alive")]
     return ray.get([a.ready.remote() for a in actors], timeout=120)
+
+
+def ensure_ua_nodes_for(config: VoxrayConfig) -> list:
+    """ensure_ua_nodes with the settings the app was deployed with."""
+    return ensure_ua_nodes(config.serve.app_name, config.media.model_dump(), config.transports.model_dump(),
+                           config.admission.model_dump())
 
 
 def kill_ua_nodes() -> None:
@@ -83,8 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         eprint(f"UA node on {args.drain[:12]} drained; {left} call(s) still up")
         raise SystemExit(1 if left else 0)
     config = VoxrayConfig.load(args.config)
-    for info in ensure_ua_nodes(config.serve.app_name, config.media.model_dump(), config.transports.model_dump(),
-                                config.admission.model_dump()):
+    for info in ensure_ua_nodes_for(config):
         eprint(f"UA node on {info['node_id'][:12]}: {', '.join(info['transports']) or 'no network transports'}")
 
 

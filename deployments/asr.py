@@ -40,11 +40,6 @@ def make_asr_chain(providers: ProvidersConfig, default_model: str | None = None,
     return AsrChain(built, {s.name: s.timeout_s for s in providers.asr}, providers.retries)
 
 
-async def transcribe_request(chain: AsrChain, req: AsrRequest) -> AsrResult:
-    """One request, unbatched (the in-process services and non-batchable providers)."""
-    return await transcribe_single(chain, req)
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
 class AsrDeployment:
     def __init__(self, providers: dict | None = None, whisper_model: str | None = None,
@@ -58,7 +53,7 @@ class AsrDeployment:
             if batch_provider(self.chain, req) is not None:
                 result = await self._transcribe_many(req)
             else:
-                result = await transcribe_request(self.chain, req)
+                result = await transcribe_single(self.chain, req)
             log.info("transcribed", extra={"provider": result.provider, "audio_s": round(result.audio_s, 3),
                                            "compute_s": round(result.compute_s, 3),
                                            "batch": result.batch_size})

@@ -115,9 +115,9 @@ class LocalModelServices:
         return await self.vad_batcher.submit(chunk)
 
     async def transcribe(self, req: AsrRequest) -> AsrResult:
-        from voxray.deployments.asr import transcribe_request
+        from voxray.deployments.asr_batch import transcribe_single
 
-        return await transcribe_request(self.asr_chain, req)
+        return await transcribe_single(self.asr_chain, req)
 
     async def synthesize(self, req: TtsRequest) -> AsyncIterator[TtsAudio]:
         from voxray.deployments.tts import synthesize_at_rate
