@@ -128,6 +128,11 @@ class RoundResult:
     server_tts_ms: float | None = None  # tts command -> first synthesized chunk
 
 
+def level_slack_s(calls: int) -> float:
+    """What every stage's timeout grows by at a level of `calls` concurrent calls."""
+    return PER_CALL_SLACK_S * (calls - 1)
+
+
 class Timeouts:
     """Per-stage timeouts of the level being run (they grow with its call count)."""
 
@@ -135,7 +140,7 @@ class Timeouts:
 
     @classmethod
     def for_level(cls, calls: int) -> None:
-        cls.slack_s = PER_CALL_SLACK_S * (calls - 1)
+        cls.slack_s = level_slack_s(calls)
 
 
 def note(event: dict, result: RoundResult) -> None:
@@ -263,10 +268,12 @@ async def one_round(url: str, audio: CallerAudio) -> RoundResult:
     return result
 
 
-def round_bound_s(audio: CallerAudio) -> float:
-    """The most one round can take given every stage's own timeout (plus slack)."""
+def round_bound_s(audio: CallerAudio, slack_s: float | None = None) -> float:
+    """The most one round can take given every stage's own timeout (plus slack; default:
+    the level being run)."""
+    slack_s = Timeouts.slack_s if slack_s is None else slack_s
     return (STAGGER_S + CONNECT_TIMEOUT_S + ANSWER_TIMEOUT_S + audio.eos_frame * FRAME_S
-            + ASR_TIMEOUT_S + TTS_TIMEOUT_S + HANGUP_TIMEOUT_S + 5.0 * Timeouts.slack_s + 5.0)
+            + ASR_TIMEOUT_S + TTS_TIMEOUT_S + HANGUP_TIMEOUT_S + 5.0 * slack_s + 5.0)
 
 
 async def one_call(url: str, audio: CallerAudio, rounds: int, rng: random.Random) -> list[RoundResult]:
@@ -600,8 +607,7 @@ def main(argv: list[str] | None = None) -> None:
     config.admission.asr_latency_s = None
     url = f"ws://127.0.0.1:{config.serve.port}/call"
     budget = DEPLOY_TIMEOUT_S + 60 + IDLE_S + HOPS_BOUND_S + sum(
-        (Timeouts.for_level(n), round_bound_s(audio) * args.rounds)[1] for n in [1] + args.calls)
-    Timeouts.for_level(1)
+        round_bound_s(audio, level_slack_s(n)) * args.rounds for n in [1] + args.calls)
     watchdog = arm_watchdog(budget)
     try:
         start_server(config)
