@@ -82,13 +82,8 @@ async def caller(url: str, speech: bytes, until: float, started: float, stats: S
             async with websockets.connect(url, max_size=2**22) as ws:
                 await ws.send(json.dumps({"command": "invite", "option": {"codec": "pcm"}}))
                 async with asyncio.timeout(30):
-                    while (e := json.loads(await ws.recv()))["event"] != "answer":
-                        if e["event"] == "error" and e.get("code") == 503:
-                            break
-                if e["event"] != "answer":  # the cluster is full: the caller tries again later
-                    stats.refused += 1
-                    await asyncio.sleep(rng.uniform(5, 10))
-                    continue
+                    while json.loads(await ws.recv())["event"] != "answer":
+                        pass  # a refusal (error 503) is followed by the close handled below
                 for _ in range(rng.randint(2, 4)):
                     if time.monotonic() >= until:
                         break
@@ -102,7 +97,7 @@ async def caller(url: str, speech: bytes, until: float, started: float, stats: S
                             break
             stats.completed_calls += 1
         except websockets.ConnectionClosed as exc:
-            if exc.rcvd is not None and exc.rcvd.code == 1013:  # refused at the door (503): busy
+            if exc.rcvd is not None and exc.rcvd.code == 1013:  # refused at the door (503): busy, try later
                 stats.refused += 1
                 await asyncio.sleep(rng.uniform(5, 10))
                 continue

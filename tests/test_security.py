@@ -217,13 +217,19 @@ async def test_dump_writes_every_command_and_event(secure_server, tmp_path):
     assert any(x["msg"] == "{broken" for x in lines)
 
 
-async def test_calls_over_max_calls_are_refused_with_503_and_admitted_again(secure_server):
-    async with httpx.AsyncClient() as http:  # calls of earlier tests (held for resume) end first
+async def _health_once_idle(server: str) -> dict:
+    """/healthz once the replica holds no call (or after 20 s)."""
+    async with httpx.AsyncClient() as http:
         for _ in range(100):
-            health = (await http.get(f"http://{secure_server}/healthz", params={"token": TOKEN})).json()
+            health = (await http.get(f"http://{server}/healthz", params={"token": TOKEN})).json()
             if health["calls"] == 0:
                 break
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.2)
+    return health
+
+
+async def test_calls_over_max_calls_are_refused_with_503_and_admitted_again(secure_server):
+    await _health_once_idle(secure_server)  # calls of earlier tests (held for resume) end first
     clients = [await _call(secure_server, f"cap-{i}") for i in range(MAX_CALLS)]
     try:
         for c in clients:
@@ -257,10 +263,5 @@ async def test_calls_over_max_calls_are_refused_with_503_and_admitted_again(secu
     finally:
         for c in clients:
             await c.close()
-    async with httpx.AsyncClient() as http:
-        for _ in range(100):
-            health = (await http.get(f"http://{secure_server}/healthz", params={"token": TOKEN})).json()
-            if health["calls"] == 0:
-                break
-            await asyncio.sleep(0.2)
-        assert health["calls"] == 0, health
+    health = await _health_once_idle(secure_server)
+    assert health["calls"] == 0, health

@@ -66,15 +66,19 @@ IN_DIALOG = {"bye_without_dialog", "reinvite_without_dialog"}
 SOURCE_IP = {"invite_untrusted_source": "127.0.0.2"}
 
 
-def _scenario(name: str, workdir):
-    method, callee, headers, body, expect = CASES[name]
+def _request(workdir, method: str, callee: str, headers: str, body: str, expect: int, *,
+             in_dialog: bool = False, contact: bool = True):
+    """tests/sip/errors/request.xml filled in: one request, the one response it must get."""
     ack = (ERRORS / "ack.inc").read_text() if method == "INVITE" else ""
-    contact = "" if name == "invite_without_contact" else "\n      Contact: <sip:caller@[local_ip]:[local_port]>"
-    return render("errors/request.xml", workdir, ACK=ack, METHOD=method, CALLEE=callee, CONTACT=contact,
-                  TO_TAG=";tag=no-such-dialog" if name in IN_DIALOG else "",
-                  CSEQ=f"{2 if name in IN_DIALOG else 1} {method}",
-                  MAX_FORWARDS=0 if name == "invite_max_forwards_zero" else 70,
+    return render("errors/request.xml", workdir, ACK=ack, METHOD=method, CALLEE=callee,
+                  CONTACT="\n      Contact: <sip:caller@[local_ip]:[local_port]>" if contact else "",
+                  TO_TAG=";tag=no-such-dialog" if in_dialog else "",
+                  CSEQ=f"{2 if in_dialog else 1} {method}",
                   HEADERS="".join(f"\n      {h}" for h in headers.splitlines()), BODY=body, EXPECT=expect)
+
+
+def _scenario(name: str, workdir):
+    return _request(workdir, *CASES[name], in_dialog=name in IN_DIALOG, contact=name != "invite_without_contact")
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -103,16 +107,12 @@ def test_node_still_answers_after_the_error_scenarios(voxray_server):
 
 async def test_a_draining_node_answers_invites_503_with_retry_after(voxray_server, sip_workdir, peers):  # noqa: F811
     import ray
-
     from voxray.cluster.placement import NAMESPACE, ua_node_name
 
     node = ray.get_actor(ua_node_name(ray.get_runtime_context().get_node_id()), namespace=NAMESPACE)
     assert await node.drain.remote(0.0) >= 0
     try:
-        scenario = render("errors/request.xml", sip_workdir, ACK=(ERRORS / "ack.inc").read_text(), METHOD="INVITE",
-                          CALLEE="agent", CONTACT="\n      Contact: <sip:caller@[local_ip]:[local_port]>",
-                          TO_TAG="", CSEQ="1 INVITE", MAX_FORWARDS=70, HEADERS="\n      " + SDP_CT,
-                          BODY=SDP, EXPECT=503)
+        scenario = _request(sip_workdir, "INVITE", "agent", SDP_CT, SDP, 503)
         run = await peers(sipp(scenario, sip_workdir, f"127.0.0.1:{SIP_ENV.sip_port}", timeout_s=40))
         rc = await run.wait(40)
         messages = sipp_messages(scenario, sip_workdir)
