@@ -8,12 +8,12 @@ replica that holds the call through a long poll each replica keeps open.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections import defaultdict
 
 from pydantic import BaseModel
 from ray import serve
 
+from voxray.config import SecuritySettings
 from voxray.deployments.cdr import CallRecord, CdrStore
 
 
@@ -73,7 +73,7 @@ class RegistryCore:
 class CallRegistry:
     def __init__(self, cdr_path: str | None = None) -> None:
         self.core = RegistryCore()
-        self.cdr = CdrStore(cdr_path or os.path.expanduser("~/.voxray/cdr.sqlite"))
+        self.cdr = CdrStore(cdr_path or SecuritySettings().cdr_path)  # CdrStore expands ~
 
     async def record(self, rec: CallRecord) -> None:
         await self.cdr.add(rec)
