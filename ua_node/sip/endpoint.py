@@ -26,6 +26,7 @@ from voxray.protocol.errors import ProtocolError
 from voxray.ua_node.media.resample import resample
 from voxray.ua_node.node import NodeCall, UaNodeCore
 from voxray.ua_node.sip.config import SipSettings
+from voxray.ua_node.sip.lifetime import destroy
 from voxray.ua_node.sip.pjcall import SipAccount, SipCall, header_tag, plain_uri, sip_body, sip_header
 from voxray.ua_node.sip.routing import Route, choose_route, notify, validate_rules
 from voxray.ua_node.sip.rtp_filter import udp_sockets
@@ -146,13 +147,11 @@ class SipEndpoint:
             for _ in range(20):  # let the BYEs leave
                 self.stack.ep.libHandleEvents(10)
         for call in list(self._live.values()):
-            call.release_media()
-            if call.ephemeral_account is not None:
-                call.ephemeral_account.shutdown()
-                call.ephemeral_account = None
+            call.retire()
         self._live.clear()
         if self.account is not None:
             self.account.shutdown()  # un-REGISTERs
+            destroy(self.account)
             self.account = None
 
     def _pj_tick(self) -> None:
@@ -165,9 +164,7 @@ class SipEndpoint:
             t = call.transport
             if call.disconnected:
                 del self._live[key]
-                if call.ephemeral_account is not None:
-                    call.ephemeral_account.shutdown()
-                    call.ephemeral_account = None
+                call.retire()
                 continue
             if not call.guard.latched:
                 call.guard_update()
@@ -424,8 +421,7 @@ class SipEndpoint:
                 call.makeCall(dest, prm)
             except BaseException:
                 t.forget_pj()
-                if ephemeral is not None:
-                    ephemeral.shutdown()
+                call.retire()
                 raise
             self._live[call_id] = call
         await self._pj_job(make_call)

@@ -3,6 +3,7 @@
 Both callbacks run on pjmedia's clock thread and must stay short: received frames
 go to the asyncio loop with `call_soon_threadsafe`; frames to send come from the
 transport's queue (a deque; append/popleft are atomic), or from music on hold.
+A port is freed only through `lifetime.destroy` on the pj thread (see there why).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def audio_format() -> pj.MediaFormatAudio:
 
 
 class BridgePort(pj.AudioMediaPort):
+    retired = False  # set by lifetime.destroy: the clock may still call in once
+
     def __init__(self, on_frame: Callable[[bytes], None], next_frame: Callable[[], np.ndarray]) -> None:
         super().__init__()
         self._on_frame = on_frame
@@ -54,6 +57,8 @@ class BridgePort(pj.AudioMediaPort):
         return out
 
     def onFrameRequested(self, frame) -> None:  # bridge wants audio for the peer
+        if self.retired:
+            return
         pcm = self._moh_frame() if self.moh is not None else self._next_frame()
         if pcm.size != FRAME_SAMPLES:
             pcm = np.resize(pcm, FRAME_SAMPLES) if pcm.size else np.zeros(FRAME_SAMPLES, np.int16)
@@ -63,7 +68,7 @@ class BridgePort(pj.AudioMediaPort):
         frame.size = FRAME_BYTES
 
     def onFrameReceived(self, frame) -> None:  # the peer's decoded audio
-        if frame.type != pj.PJMEDIA_FRAME_TYPE_AUDIO or frame.size == 0:
+        if self.retired or frame.type != pj.PJMEDIA_FRAME_TYPE_AUDIO or frame.size == 0:
             return
         self.frames_in += 1
         self._on_frame(bytes(frame.buf))

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 import pjsua2 as pj
 
 from voxray.logs import get_logger
-from voxray.ua_node.sip.media_port import BridgePort, audio_format
 from voxray.ua_node.sip.addr import host_port, peer_address
+from voxray.ua_node.sip.lifetime import destroy
+from voxray.ua_node.sip.media_port import BridgePort, audio_format
 from voxray.ua_node.sip.rtp_guard import RtpGuard
 
 if TYPE_CHECKING:
@@ -143,6 +144,10 @@ class SipCall(pj.Call):
             self.release_media()
             self.stack.to_loop(t.pj_disconnected, code, reason, self.confirmed)
             t.forget_pj()
+            # Now, not later: ~Call acts on its pjsua slot id, which pjsua frees after this
+            # callback. Destroyed after a new call took the slot, it would clear that call's
+            # association and hang it up (603 Decline to a caller who just rang in).
+            destroy(self)
 
     def onCallMediaState(self, prm) -> None:
         ci = self.getInfo()
@@ -184,8 +189,26 @@ class SipCall(pj.Call):
     # -- used by the stack (pj thread) ---------------------------------------------------
 
     def release_media(self) -> None:
-        self.recorder = None
-        self.port = None
+        # Explicitly, here on the pj thread: never by Python's GC (lifetime.py says why).
+        recorder, port = self.recorder, self.port
+        self.recorder = self.port = None
+        destroy(recorder)
+        destroy(port)
+
+    def retire(self) -> None:
+        """Free the pj objects of a call that is over or never started (pj thread; see lifetime.py).
+
+        A call that reached DISCONNECTED was destroyed in that callback already; one that
+        did not still owns its pjsua slot, so its destructor hangs up the right call.
+        """
+        self.release_media()
+        if self.ephemeral_account is not None:
+            # shutdown() and the destructor both act on the account's slot id: back to back
+            # on this thread, no other account can take the slot in between.
+            self.ephemeral_account.shutdown()
+            destroy(self.ephemeral_account)
+            self.ephemeral_account = None
+        destroy(self)
 
     def guard_update(self) -> None:
         """Apply the RTP source policy (on media changes, and each tick until latched)."""
