@@ -34,6 +34,9 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
     env = {"env_vars": {k: os.environ[k] for k in ("RAY_AUTH_MODE", "HF_HUB_OFFLINE", "VOXRAY_LOG_LEVEL",
                                                     "VOXRAY_WHISPER_MODEL", "VOXRAY_PIPER_VOICE")
                         if k in os.environ}}
+    # Fatal signals dump every thread's Python stack from interpreter start, before any
+    # voxray code runs (voxray.faults does the same from each actor's __init__).
+    env["env_vars"]["PYTHONFAULTHANDLER"] = "1"
     if address:
         log(f"joining Ray cluster at {address}")
         ray.init(address=address, namespace="voxray", runtime_env=env, log_to_driver=False)

@@ -15,6 +15,7 @@ from ray import serve
 from voxray import metrics
 from voxray.deployments.asr_batch import batch_provider, transcribe_batch, transcribe_single
 from voxray.deployments.messages import AsrRequest, AsrResult
+from voxray.faults import enable_fault_dumps
 from voxray.logs import bind_call, get_logger
 from voxray.providers.catalog import ProvidersConfig, build_asr
 from voxray.providers.fallback import AsrChain
@@ -44,6 +45,7 @@ def make_asr_chain(providers: ProvidersConfig, default_model: str | None = None,
 class AsrDeployment:
     def __init__(self, providers: dict | None = None, whisper_model: str | None = None,
                  cpu_threads: int = 2) -> None:
+        enable_fault_dumps()
         # The replica reports ready only once every model is in memory.
         self.chain = make_asr_chain(ProvidersConfig.model_validate(providers or {}), whisper_model, cpu_threads)
         log.info("asr providers loaded", extra={"providers": self.chain.names})

@@ -20,6 +20,7 @@ from voxray.deployments.call_media import LocalMedia
 from voxray.deployments.console import router as console_router
 from voxray.deployments.remote_media import RemoteMedia
 from voxray import metrics
+from voxray.faults import enable_fault_dumps
 from voxray.logs import bind_call, get_logger
 from voxray.protocol.events import Error, dump_event
 from voxray.ua_node.media.session import MediaConfig
@@ -41,6 +42,7 @@ class Ingress:
     def __init__(self, vad, asr, tts, registry, media: dict | None = None,
                  transports: dict | None = None, app_name: str = "voxray",
                  security: dict | None = None, admission: dict | None = None) -> None:
+        enable_fault_dumps()
         sec = SecuritySettings.model_validate(security or {})
         self.admission_dict = admission or {}
         # This replica's own gate, fed by its /call sessions' ASR answer times; SIP and

@@ -15,6 +15,7 @@ from ray import serve
 
 from voxray.config import SecuritySettings
 from voxray.deployments.cdr import CallRecord, CdrStore
+from voxray.faults import enable_fault_dumps
 
 
 class CallInfo(BaseModel):
@@ -72,6 +73,7 @@ class RegistryCore:
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 class CallRegistry:
     def __init__(self, cdr_path: str | None = None) -> None:
+        enable_fault_dumps()
         self.core = RegistryCore()
         self.cdr = CdrStore(cdr_path or SecuritySettings().cdr_path)  # CdrStore expands ~
 

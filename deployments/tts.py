@@ -9,6 +9,7 @@ import numpy as np
 from ray import serve
 
 from voxray.deployments.messages import TtsAudio, TtsRequest
+from voxray.faults import enable_fault_dumps
 from voxray.logs import bind_call, get_logger
 from voxray.providers.catalog import ProvidersConfig, build_tts
 from voxray.providers.fallback import TtsChain
@@ -44,6 +45,7 @@ async def synthesize_at_rate(chain: TtsChain, req: TtsRequest) -> AsyncIterator[
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
 class TtsDeployment:
     def __init__(self, providers: dict | None = None, piper_voice: str | None = None) -> None:
+        enable_fault_dumps()
         self.chain = make_tts_chain(ProvidersConfig.model_validate(providers or {}), piper_voice)
         log.info("tts providers loaded", extra={"providers": self.chain.names})
 

@@ -10,6 +10,7 @@ from ray import serve
 from voxray.deployments.messages import VadBatch, VadBatchResult
 from voxray.deployments.silero import SileroBatch
 from voxray import metrics
+from voxray.faults import enable_fault_dumps
 from voxray.logs import get_logger
 
 log = get_logger("voxray.vad")
@@ -18,6 +19,7 @@ log = get_logger("voxray.vad")
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 class VadDeployment:
     def __init__(self, model_path: str | None = None) -> None:
+        enable_fault_dumps()
         self._model = SileroBatch(model_path)
         log.info("silero vad loaded")
 

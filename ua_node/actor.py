@@ -7,6 +7,7 @@ import asyncio
 import ray
 
 from voxray import metrics
+from voxray.faults import enable_fault_dumps
 from voxray.logs import get_logger
 from voxray.ua_node.media.session import MediaConfig
 from voxray.ua_node.node import CommandResult, UaNodeCore
@@ -20,6 +21,7 @@ class UaNode:
 
     def __init__(self, app_name: str = "voxray", media: dict | None = None,
                  transports: dict | None = None, admission: dict | None = None) -> None:
+        enable_fault_dumps()
         from ray import serve
 
         from voxray.admission import Admission, AdmissionSettings
