@@ -73,7 +73,7 @@ def _utterance_2s() -> bytes:
 
 
 async def _local_tts_first_chunk_ms(n: int) -> list[float]:
-    from voxray.deployments.messages import TtsRequest
+    from voxray.media.messages import TtsRequest
     from voxray.deployments.tts import make_tts_chain, synthesize_at_rate
     from voxray.providers.catalog import ProvidersConfig
 
@@ -99,7 +99,7 @@ async def measure(app_name: str = "voxray", n: int = 200, n_model: int = 20, log
     from ray import serve
 
     from voxray.cluster.placement import local_ua_node
-    from voxray.deployments.messages import AsrRequest, TtsRequest, VadBatch, VadChunk
+    from voxray.media.messages import AsrRequest, TtsRequest, VadBatch, VadChunk
 
     vad = serve.get_deployment_handle("VadDeployment", app_name)
     asr = serve.get_deployment_handle("AsrDeployment", app_name)
@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from bench.run import free_port, refuse_other_cluster, start_server
-    from voxray.cluster.local import eprint, shutdown
+    from voxray.cluster.local import shutdown
+    from voxray.cluster.ray_start import eprint
     from voxray.config import VoxrayConfig
 
     refuse_other_cluster()

@@ -439,7 +439,8 @@ def refuse_other_cluster() -> None:
 
 def start_server(config) -> None:
     """Embedded Ray + the voxray app; the deploy is bounded in time."""
-    from voxray.cluster.local import deploy, eprint, start_ray
+    from voxray.cluster.local import deploy
+    from voxray.cluster.ray_start import eprint, start_ray
 
     start_ray(num_cpus=None, log=eprint)
     failed: list[BaseException] = []
@@ -591,7 +592,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: find `bench`
     from bench import asr_throughput, ray_hops, vad_throughput
-    from voxray.cluster.local import eprint, shutdown
+    from voxray.cluster.local import shutdown
+    from voxray.cluster.ray_start import eprint
     from voxray.config import VoxrayConfig
 
     refuse_other_cluster()

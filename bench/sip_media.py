@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VOXRAY_LOG_LEVEL", "WARNING")
 
-from voxray.deployments.messages import AsrResult, VadBatch, VadBatchResult  # noqa: E402
-from voxray.deployments.vad_batcher import VadBatcher  # noqa: E402
+from voxray.media.messages import AsrResult, VadBatch, VadBatchResult  # noqa: E402
+from voxray.media.vad_batcher import VadBatcher  # noqa: E402
 
 
 class VadOnlyServices:

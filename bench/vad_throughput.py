@@ -78,7 +78,7 @@ def _chunks(audio: np.ndarray) -> list[bytes]:
 
 def run_voxray(audio: np.ndarray, streams: int, batched: bool) -> tuple[VadResult, list[list[float]]]:
     """Every stream's audio, 64 ms at a time in time order, with state carried between calls."""
-    from voxray.deployments.messages import VadChunk
+    from voxray.media.messages import VadChunk
     from voxray.deployments.silero import SileroBatch
 
     model = SileroBatch(threads=1)

@@ -48,12 +48,32 @@ def ensure_ua_nodes_for(config: VoxrayConfig) -> list:
                            config.admission.model_dump())
 
 
-def kill_ua_nodes() -> None:
+def ua_node_actors(alive_only: bool = True) -> list:
+    """The UA node actors up in the cluster (blocking GCS look-ups)."""
+    found = []
     for n in ray.nodes():
-        try:
-            actor = ray.get_actor(ua_node_name(n["NodeID"]), namespace=NAMESPACE)
-        except ValueError:
+        if alive_only and not n.get("Alive"):
             continue
+        try:
+            found.append(ray.get_actor(ua_node_name(n["NodeID"]), namespace=NAMESPACE))
+        except ValueError:
+            pass
+    return found
+
+
+class UaNodeDirectory:
+    """How the ingress finds UA nodes, handed to it at deploy time (cluster/app.py), so that
+    deployments/ never imports the placement or the UA node itself. Both are blocking."""
+
+    def local(self, app_name: str, media: dict, transports: dict, admission: dict):
+        return local_ua_node(app_name, media, transports, admission)
+
+    def all(self) -> list:
+        return ua_node_actors()
+
+
+def kill_ua_nodes() -> None:
+    for actor in ua_node_actors(alive_only=False):
         try:  # end calls and stop transports cleanly first (SIP: BYEs, un-REGISTER)
             ray.get(actor.shutdown.remote(), timeout=10)
         except Exception:
@@ -79,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     import argparse
 
-    from voxray.cluster.local import eprint, start_ray
+    from voxray.cluster.ray_start import eprint, start_ray
     from voxray.config import VoxrayConfig
 
     p = argparse.ArgumentParser(description=main.__doc__.split("\n\n")[0])

@@ -23,7 +23,7 @@ from voxray.logs import bind_call, get_logger
 from voxray.protocol import commands as cmd
 from voxray.protocol import events as ev
 from voxray.protocol.errors import ProtocolError
-from voxray.ua_node.media.codecs import CodecError
+from voxray.media.codecs import CodecError
 
 log = get_logger("voxray.call")
 

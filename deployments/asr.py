@@ -14,7 +14,7 @@ from ray import serve
 
 from voxray import metrics
 from voxray.deployments.asr_batch import batch_provider, transcribe_batch, transcribe_single
-from voxray.deployments.messages import AsrRequest, AsrResult
+from voxray.media.messages import AsrRequest, AsrResult
 from voxray.faults import enable_fault_dumps
 from voxray.logs import bind_call, get_logger
 from voxray.providers.catalog import ProvidersConfig, build_asr

@@ -11,7 +11,7 @@ import asyncio
 
 import numpy as np
 
-from voxray.deployments.messages import AsrRequest, AsrResult
+from voxray.media.messages import AsrRequest, AsrResult
 from voxray.logs import get_logger
 from voxray.providers.fallback import FAILURES, AsrChain
 from voxray.providers.whisper_local import WhisperLocal

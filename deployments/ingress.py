@@ -5,6 +5,7 @@
 
 import asyncio
 import uuid
+from typing import Protocol
 
 from fastapi import FastAPI, HTTPException, Request, WebSocket
 from ray import serve
@@ -13,7 +14,7 @@ from voxray.deployments.auth import TokenGuard
 from voxray.deployments.registry import CallInfo
 from voxray.admission import Admission, AdmissionSettings
 from voxray.config import SecuritySettings
-from voxray.deployments.services import ServeModelServices
+from voxray.media.services import ServeModelServices
 from voxray.deployments.agent_channel import AgentChannel, iso
 from voxray.deployments.call_dump import CallDump
 from voxray.deployments.call_media import LocalMedia
@@ -23,9 +24,16 @@ from voxray import metrics
 from voxray.faults import enable_fault_dumps
 from voxray.logs import bind_call, get_logger
 from voxray.protocol.events import Error, dump_event
-from voxray.ua_node.media.session import MediaConfig
+from voxray.media.session import MediaConfig
 
 log = get_logger("voxray.ingress")
+
+class UaNodes(Protocol):
+    """Where the UA nodes are (cluster.placement.UaNodeDirectory, given at deploy time)."""
+
+    def local(self, app_name: str, media: dict, transports: dict, admission: dict): ...
+    def all(self) -> list: ...
+
 
 api = FastAPI(title="voxray", description="Voice-agent calls over WebSocket; see PROTOCOL.md.")
 api.include_router(console_router)  # GET /console: the WebRTC softphone page
@@ -41,8 +49,10 @@ api.include_router(console_router)  # GET /console: the WebRTC softphone page
 class Ingress:
     def __init__(self, vad, asr, tts, registry, media: dict | None = None,
                  transports: dict | None = None, app_name: str = "voxray",
-                 security: dict | None = None, admission: dict | None = None) -> None:
+                 security: dict | None = None, admission: dict | None = None,
+                 ua_nodes: UaNodes | None = None) -> None:
         enable_fault_dumps()
+        self.ua_nodes = ua_nodes
         sec = SecuritySettings.model_validate(security or {})
         self.admission_dict = admission or {}
         # This replica's own gate, fed by its /call sessions' ASR answer times; SIP and
@@ -174,11 +184,11 @@ class Ingress:
 
     async def _local_ua_node(self):
         if self._ua_node is None:
-            from voxray.cluster.placement import local_ua_node
-
+            if self.ua_nodes is None:
+                raise RuntimeError("this app was deployed without UA nodes (see cluster/app.py)")
             # Looking the actor up (or creating it) is a blocking GCS round trip: off the loop.
-            ua = await asyncio.to_thread(local_ua_node, self.app_name, self.media_config_dict, self.transports,
-                                         self.admission_dict)
+            ua = await asyncio.to_thread(self.ua_nodes.local, self.app_name, self.media_config_dict,
+                                         self.transports, self.admission_dict)
             await ua.ready.remote()
             self._ua_node = ua
         return self._ua_node
@@ -206,24 +216,10 @@ class Ingress:
 
     async def _ua_node_holding(self, call_id: str):
         """The UA node that holds call_id (an inbound SIP call waiting for its agent), or None."""
-        import ray
-
-        from voxray.cluster.placement import NAMESPACE, ua_node_name
-
         local = await self._local_ua_node()
         if await local.has_call.remote(call_id):
             return local
-        def node_actors() -> list:  # GCS lookups block: off the loop
-            found = []
-            for node in ray.nodes():
-                if node.get("Alive"):
-                    try:
-                        found.append(ray.get_actor(ua_node_name(node["NodeID"]), namespace=NAMESPACE))
-                    except ValueError:
-                        pass
-            return found
-
-        for ua in await asyncio.to_thread(node_actors):
+        for ua in await asyncio.to_thread(self.ua_nodes.all):  # GCS look-ups block: off the loop
             try:
                 if await ua.has_call.remote(call_id):
                     return ua

@@ -1,96 +1,18 @@
-"""Ways for a media session to reach the models.
+"""The real models (and any configured cloud providers) in this process, without Ray.
 
-`ServeModelServices` goes through Serve handles (production). `LocalModelServices`
-loads the same real models in-process; tests of the media core and the bench's
-side-by-side runs use it to leave Ray out of the measurement.
+Tests of the media core and the bench's side-by-side runs use it to leave Ray out of
+the measurement; production sessions reach the models through
+`voxray.media.services.ServeModelServices`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
-from voxray.deployments.messages import (
-    AsrRequest, AsrResult, TtsAudio, TtsRequest, VadBatch, VadBatchResult, VadChunk, VadChunkResult,
-)
-from voxray.deployments.vad_batcher import VadBatcher
-from voxray.logs import get_logger
+from voxray.media.messages import AsrRequest, AsrResult, TtsAudio, TtsRequest, VadBatch, VadBatchResult, VadChunk, VadChunkResult
+from voxray.media.vad_batcher import VadBatcher
 from voxray.providers.catalog import ProvidersConfig
-
-log = get_logger("voxray.services")
-
-
-def _replica_failures() -> tuple[type[BaseException], ...]:
-    """Errors that mean 'the replica went away', worth a retry (Serve routes to a live one)."""
-    import ray.exceptions as rex
-    import ray.serve.exceptions as sex
-
-    return (rex.RayActorError, rex.ActorUnavailableError, rex.NodeDiedError,
-            sex.ReplicaUnavailableError, sex.DeploymentUnavailableError)
-
-
-class ServeModelServices:
-    """Model calls through Serve handles, retried while a failed replica is replaced."""
-
-    def __init__(self, vad_handle, asr_handle, tts_handle, retry_for_s: float = 30.0,
-                 on_asr_time: Callable[[float], None] | None = None) -> None:
-        self._asr = asr_handle
-        self.on_asr_time = on_asr_time  # admission control watches how long ASR takes to answer
-        self._tts = tts_handle
-        self._vad = vad_handle
-        self.retry_for_s = retry_for_s
-        self._retryable = _replica_failures()
-        self.vad_batcher = VadBatcher(self._vad_infer)
-
-    async def _retrying(self, what: str, call, failures: list[str]):
-        deadline = time.monotonic() + self.retry_for_s
-        delay = 0.1
-        while True:
-            try:
-                return await call()
-            except self._retryable as exc:
-                failures.append(f"{what} replica: {type(exc).__name__}")
-                log.warning("replica failed; retrying", extra={"what": what, "error": repr(exc)[:300]})
-                if time.monotonic() + delay > deadline:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    async def _vad_infer(self, batch: VadBatch) -> VadBatchResult:
-        return await self._retrying("vad", lambda: self._vad.infer.remote(batch), [])
-
-    async def vad(self, chunk: VadChunk) -> VadChunkResult:
-        return await self.vad_batcher.submit(chunk)
-
-    async def transcribe(self, req: AsrRequest) -> AsrResult:
-        failures: list[str] = []
-        t0 = time.monotonic()
-        result = await self._retrying("asr", lambda: self._asr.transcribe.remote(req), failures)
-        if self.on_asr_time is not None:
-            self.on_asr_time(time.monotonic() - t0)
-        # The agent learns of the lost replica through the fallback metrics.
-        return result.model_copy(update={"failures": failures + result.failures}) if failures else result
-
-    async def synthesize(self, req: TtsRequest) -> AsyncIterator[TtsAudio]:
-        failures: list[str] = []
-        deadline = time.monotonic() + self.retry_for_s
-        while True:
-            sent = False
-            try:
-                async for audio in self._tts.options(stream=True).synthesize.remote(req):
-                    if not sent and failures:
-                        audio = audio.model_copy(update={"failures": failures + audio.failures})
-                    sent = True
-                    yield audio
-                return
-            except self._retryable as exc:
-                # Audio already played cannot be taken back: retry only before the first chunk.
-                if sent or time.monotonic() > deadline:
-                    raise
-                failures.append(f"tts replica: {type(exc).__name__}")
-                log.warning("replica failed; retrying", extra={"what": "tts", "error": repr(exc)[:300]})
-                await asyncio.sleep(0.2)
 
 
 class LocalModelServices:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from voxray.deployments.messages import VadChunk, VadChunkResult
+from voxray.media.messages import VadChunk, VadChunkResult
 from voxray.providers.model_paths import silero_vad_path
 
 WINDOW = 512

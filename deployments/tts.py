@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 import numpy as np
 from ray import serve
 
-from voxray.deployments.messages import TtsAudio, TtsRequest
+from voxray.media.messages import TtsAudio, TtsRequest
 from voxray.faults import enable_fault_dumps
 from voxray.logs import bind_call, get_logger
 from voxray.providers.catalog import ProvidersConfig, build_tts
 from voxray.providers.fallback import TtsChain
-from voxray.ua_node.media.resample import resample
+from voxray.media.resample import resample
 
 log = get_logger("voxray.tts")
 

@@ -7,7 +7,7 @@ import time
 
 from ray import serve
 
-from voxray.deployments.messages import VadBatch, VadBatchResult
+from voxray.media.messages import VadBatch, VadBatchResult
 from voxray.deployments.silero import SileroBatch
 from voxray import metrics
 from voxray.faults import enable_fault_dumps

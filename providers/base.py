@@ -12,6 +12,10 @@ from collections.abc import AsyncIterator
 import numpy as np
 from pydantic import BaseModel
 
+from voxray.media.messages import CallCredentials
+
+__all__ = ["AsrProvider", "CallCredentials", "Transcript", "TtsProvider"]
+
 
 class Transcript(BaseModel):
     text: str
@@ -19,14 +23,6 @@ class Transcript(BaseModel):
     # seconds of audio and of compute, for metrics
     audio_s: float = 0.0
     compute_s: float = 0.0
-
-
-class CallCredentials(BaseModel):
-    """Per-call overrides the agent may pass (`asr`/`tts` options): endpoint, key, model."""
-
-    endpoint: str | None = None
-    secret_key: str | None = None
-    model: str | None = None
 
 
 class AsrProvider(ABC):

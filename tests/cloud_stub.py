@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from voxray.providers.piper_local import PiperLocal
 from voxray.providers.whisper_local import WhisperLocal
-from voxray.ua_node.media.resample import resample
+from voxray.media.resample import resample
 
 
 def build_app(whisper: WhisperLocal, piper: PiperLocal, seen: list[dict]) -> FastAPI:

@@ -40,7 +40,8 @@ def speech16k() -> np.ndarray:
 @pytest.fixture(scope="session")
 def voxray_server():
     """voxray deployed on an embedded single-node Ray, on a free loopback port."""
-    from voxray.cluster.local import deploy, shutdown, start_ray
+    from voxray.cluster.local import deploy, shutdown
+    from voxray.cluster.ray_start import start_ray
     from voxray.config import VoxrayConfig
 
     config = VoxrayConfig()

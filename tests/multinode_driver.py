@@ -110,7 +110,7 @@ async def drain_phase(server: str, speech: np.ndarray, config) -> dict:
     """Scale the ingress 2 -> 1 while calls are up on both replicas."""
     from ray import serve
 
-    from voxray.deployments.app import build_app
+    from voxray.cluster.app import build_app
 
     calls: list[dict] = []
     clients: list[CallClient] = []
@@ -188,7 +188,8 @@ def main() -> None:
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    from voxray.cluster.local import deploy, ray_env_defaults, shutdown, start_ray
+    from voxray.cluster.local import deploy, shutdown
+    from voxray.cluster.ray_start import ray_env_defaults, start_ray
     from voxray.config import VoxrayConfig
     from voxray.speech import espeak_speech
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.test_models import wer
 from voxray.deployments.asr_batch import batch_provider, transcribe_batch
-from voxray.deployments.messages import AsrRequest
+from voxray.media.messages import AsrRequest
 from voxray.providers.base import AsrProvider, CallCredentials, Transcript
 from voxray.providers.fallback import AsrChain
 from voxray.providers.whisper_local import WhisperLocal

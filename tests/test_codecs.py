@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from voxray.ua_node.media.codecs import CodecError, make_codec
+from voxray.media.codecs import CodecError, make_codec
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -20,7 +20,7 @@ from voxray.protocol.commands import Play, Tts
 from voxray.protocol.errors import ProtocolError
 from voxray.protocol.options import BargeInOption, CallOption, TranscriptionOption
 from voxray.speech import espeak_speech, write_wav
-from voxray.ua_node.media.session import MediaConfig, MediaSession
+from voxray.media.session import MediaConfig, MediaSession
 
 LONG_TEXT = ("Thank you for calling. Our opening hours are from nine in the morning until six in the "
              "evening, Monday to Friday, and from ten until four on Saturdays.")
@@ -213,7 +213,7 @@ async def test_denoise_keeps_speech_and_removes_noise(make_session):
     final = (await rec.wait("asrFinal", timeout=20))[0]
     assert wer(SENTENCE, final.text) <= 0.5, final.text
 
-    from voxray.ua_node.media.denoise import Denoiser
+    from voxray.media.denoise import Denoiser
 
     d = Denoiser()
     pure = rng.normal(0, 3000, 16000 * 2).astype(np.int16)

@@ -13,8 +13,8 @@ import pytest
 from tests.conftest import SENTENCE
 from tests.test_models import wer
 from tests.wsclient import CallClient
-from voxray.ua_node.media.codecs import make_codec
-from voxray.ua_node.media.resample import resample
+from voxray.media.codecs import make_codec
+from voxray.media.resample import resample
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ from voxray.deployments.services import LocalModelServices
 from voxray.protocol import events as ev
 from voxray.protocol.commands import Tts
 from voxray.protocol.options import CallOption
-from voxray.ua_node.media.codecs import make_codec
-from voxray.ua_node.media.session import MediaSession
+from voxray.media.codecs import make_codec
+from voxray.media.session import MediaSession
 
 
 class Recorder:
@@ -61,7 +61,7 @@ async def _session(services, codec="pcm", **opt):
 
 
 def _feed(session: MediaSession, pcm16k: np.ndarray, codec: str) -> None:
-    from voxray.ua_node.media.resample import resample
+    from voxray.media.resample import resample
 
     c = make_codec(codec)
     pcm = resample(pcm16k, 16000, c.sample_rate)

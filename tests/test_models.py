@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import SENTENCE
-from voxray.deployments.messages import VadChunk
+from voxray.media.messages import VadChunk
 from voxray.deployments.silero import WINDOW, SileroBatch
 from voxray.providers.piper_local import PiperLocal
 from voxray.providers.whisper_local import WhisperLocal
@@ -84,7 +84,7 @@ def test_whisper_transcribes_espeak_sentence(whisper, speech16k):
 
 
 def test_piper_speaks_text_that_whisper_understands(piper, whisper):
-    from voxray.ua_node.media.resample import resample
+    from voxray.media.resample import resample
 
     async def both():
         chunks = [c async for c in piper.synthesize("The weather is sunny today. We will go to the park.")]

@@ -11,14 +11,14 @@ from tests.cloud_stub import CloudStub
 from tests.conftest import SENTENCE
 from tests.test_media_session import Recorder, _feed
 from tests.test_models import wer
-from voxray.deployments.messages import AsrRequest, TtsRequest
+from voxray.media.messages import AsrRequest, TtsRequest
 from voxray.deployments.services import LocalModelServices
 from voxray.protocol.commands import Tts
 from voxray.protocol.options import CallOption, SynthesisOption, TranscriptionOption
 from voxray.providers.base import CallCredentials, ProviderError
 from voxray.providers.catalog import ProviderSpec, ProvidersConfig
-from voxray.ua_node.media.resample import resample
-from voxray.ua_node.media.session import MediaSession
+from voxray.media.resample import resample
+from voxray.media.session import MediaSession
 
 
 @pytest.fixture(scope="module")

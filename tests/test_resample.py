@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voxray.ua_node.media.resample import Resampler, resample
+from voxray.media.resample import Resampler, resample
 
 
 def _tone(rate: int, freq: float, seconds: float = 1.0) -> np.ndarray:

@@ -39,7 +39,7 @@ def secure_server(voxray_server, tmp_path_factory):
     from ray import serve
 
     from voxray.config import VoxrayConfig
-    from voxray.deployments.app import build_app
+    from voxray.cluster.app import build_app
 
     config = VoxrayConfig()
     config.serve.app_name = "voxray-secure"

@@ -28,7 +28,7 @@ import pytest
 from tests.sip_env import REGISTRAR_PASSWORD, SIP_ENV, free_udp_port
 from tests.test_models import wer
 from tests.wsclient import CallClient
-from voxray.ua_node.media.codecs import make_codec
+from voxray.media.codecs import make_codec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

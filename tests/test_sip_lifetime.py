@@ -61,7 +61,7 @@ def test_pjsua2_is_loaded_only_where_sip_is_enabled():
         "from voxray.ua_node.node import UaNodeCore\n"
         "from voxray.ua_node.webrtc import register as register_webrtc\n"
         "from voxray.ua_node import sip\n"
-        "import voxray.config, voxray.ua_node.actor, voxray.deployments.app\n"
+        "import voxray.config, voxray.ua_node.actor, voxray.cluster.app\n"
         "class NoModels:\n"
         "    pass\n"
         "async def main():\n"

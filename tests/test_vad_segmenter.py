@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from voxray.ua_node.media.vad_segmenter import (
+from voxray.media.vad_segmenter import (
     WINDOW, SegmenterConfig, SpeechEnded, SpeechStarted, VadSegmenter,
 )
 

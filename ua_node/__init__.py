@@ -1,5 +1,2 @@
-"""UA node: terminates calls and holds each call's media session.
-
-`media/` is the I/O-free media core (codecs, resampling, VAD segmentation, playout)
-shared by every transport; SIP/RTP and WebRTC adapters live beside it.
-"""
+"""UA node: terminates SIP/RTP (`sip/`) and WebRTC (`webrtc.py`) calls and holds each
+call's media session (the media core, `voxray.media`), one node actor per Ray node."""

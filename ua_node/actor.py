@@ -9,7 +9,7 @@ import ray
 from voxray import metrics
 from voxray.faults import enable_fault_dumps
 from voxray.logs import get_logger
-from voxray.ua_node.media.session import MediaConfig
+from voxray.media.session import MediaConfig
 from voxray.ua_node.node import CommandResult, UaNodeCore
 
 log = get_logger("voxray.ua_node")
@@ -25,7 +25,7 @@ class UaNode:
         from ray import serve
 
         from voxray.admission import Admission, AdmissionSettings
-        from voxray.deployments.services import ServeModelServices
+        from voxray.media.services import ServeModelServices
 
         gate = Admission(AdmissionSettings.model_validate(admission or {}),
                          on_limit=lambda v: metrics.set_gauge("admission_limit", v, where="ua_node"))

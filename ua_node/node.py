@@ -15,12 +15,13 @@ from collections.abc import Awaitable, Callable
 from pydantic import BaseModel
 
 from voxray.admission import Admission, AdmissionSettings, Refusal
-from voxray.deployments.call_media import SessionSink, apply_command
+from voxray.media.commands import SessionSink, apply_command
 from voxray.logs import bind_call, get_logger
 from voxray.protocol import commands as cmd
 from voxray.protocol import events as ev
 from voxray.protocol.errors import ProtocolError
-from voxray.ua_node.media.session import MediaConfig, MediaSession, ModelServices
+from voxray.media.services import ModelServices
+from voxray.media.session import MediaConfig, MediaSession
 from voxray.ua_node.transport import MediaTransport
 
 log = get_logger("voxray.ua_node")

@@ -29,7 +29,7 @@ from voxray.logs import get_logger
 from voxray.protocol import events as ev
 from voxray.protocol.errors import ProtocolError
 from voxray.protocol.options import CallOption
-from voxray.ua_node.media.resample import Resampler
+from voxray.media.resample import Resampler
 from voxray.ua_node.node import UaNodeCore
 from voxray.ua_node.transport import FRAME_16K, MediaTransport
 

@@ -12,7 +12,8 @@ import time
 
 
 def _serve(args: argparse.Namespace, then=None) -> None:
-    from voxray.cluster.local import deploy, eprint, shutdown, start_ray
+    from voxray.cluster.local import deploy, shutdown
+    from voxray.cluster.ray_start import eprint, start_ray
     from voxray.config import VoxrayConfig
 
     detached = False

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxray.ua_node.media.resample import resample
+from voxray.media.resample import resample
 
 
 def write_wav(path: str | Path, pcm: np.ndarray, rate: int = 16000) -> None:

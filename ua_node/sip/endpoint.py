@@ -23,7 +23,7 @@ from voxray.logs import bind_call, get_logger
 from voxray.protocol import commands as cmd
 from voxray.protocol import events as ev
 from voxray.protocol.errors import ProtocolError
-from voxray.ua_node.media.resample import resample
+from voxray.media.resample import resample
 from voxray.ua_node.node import NodeCall, UaNodeCore
 from voxray.ua_node.sip.config import SipSettings
 from voxray.ua_node.sip.lifetime import destroy

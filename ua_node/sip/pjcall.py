@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+import numpy as np
 import pjsua2 as pj
 
 from voxray.logs import get_logger
@@ -17,10 +18,7 @@ from voxray.ua_node.sip.addr import host_port, peer_address
 from voxray.ua_node.sip.lifetime import destroy
 from voxray.ua_node.sip.media_port import BridgePort, audio_format
 from voxray.ua_node.sip.rtp_guard import RtpGuard
-
-if TYPE_CHECKING:
-    from voxray.ua_node.sip.stack import PjStack
-    from voxray.ua_node.sip.transport import SipTransport
+from voxray.ua_node.sip.stack import PjStack
 
 log = get_logger("voxray.sip")
 
@@ -60,8 +58,26 @@ def header_tag(value: str | None) -> str | None:
     return m.group(1) if m else None
 
 
+class CallReports(Protocol):
+    """The asyncio half a pj call reports to (transport.SipTransport); `pj_*` run on the loop."""
+
+    call_id: str
+    recorder_file: str | None
+
+    def next_frame(self) -> np.ndarray: ...  # the media port's clock thread
+    def forget_pj(self) -> None: ...  # pj thread
+    def pj_audio(self, pcm: bytes) -> None: ...
+    def pj_dtmf(self, digit: str) -> None: ...
+    def pj_ringing(self, early_media: bool) -> None: ...
+    def pj_confirmed(self, sdp: str | None) -> None: ...
+    def pj_disconnected(self, code: int, reason: str, confirmed: bool) -> None: ...
+    def pj_refer_status(self, code: int, reason: str, final: bool) -> None: ...
+    def pj_rtp_source(self, source: str, policy: str) -> None: ...
+    def pj_rtp_filter_failed(self, error: str) -> None: ...
+
+
 class SipAccount(pj.Account):
-    def __init__(self, stack: "PjStack", on_incoming) -> None:
+    def __init__(self, stack: PjStack, on_incoming) -> None:
         super().__init__()
         self.stack = stack
         self._on_incoming = on_incoming  # (account, OnIncomingCallParam) on the pj thread
@@ -82,7 +98,7 @@ class SipAccount(pj.Account):
 class SipCall(pj.Call):
     """One pjsua2 call; `transport` is its asyncio-side half."""
 
-    def __init__(self, stack: "PjStack", acc: pj.Account, transport: "SipTransport",
+    def __init__(self, stack: PjStack, acc: pj.Account, transport: CallReports,
                  call_id: int = pj.PJSUA_INVALID_ID) -> None:
         super().__init__(acc, call_id)
         self.stack = stack

@@ -7,19 +7,33 @@ itself (`_pj`) is touched only inside functions run on the pj thread.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from voxray import metrics
 from voxray.logs import bind_call, get_logger
 from voxray.protocol import events as ev
+from voxray.ua_node.node import NodeCall, UaNodeCore
+from voxray.ua_node.sip.media_port import BridgePort
+from voxray.ua_node.sip.stack import PjStack
 from voxray.ua_node.transport import MediaTransport
 
-if TYPE_CHECKING:
-    from voxray.ua_node.node import NodeCall
-    from voxray.ua_node.sip.endpoint import SipEndpoint
-    from voxray.ua_node.sip.pjcall import SipCall
+
+class SipCalls(Protocol):
+    """What a call's asyncio half needs of the endpoint that holds it (endpoint.SipEndpoint)."""
+
+    core: UaNodeCore
+    stack: PjStack
+
+    async def hangup(self, t: "SipTransport", code: int = 200, reason: str = "",
+                     headers: dict[str, str] | None = None) -> None: ...
+
+
+class PjSide(Protocol):
+    """The pj thread's half of the call (pjcall.SipCall), as seen from here."""
+
+    port: BridgePort | None
 
 log = get_logger("voxray.sip")
 
@@ -27,7 +41,7 @@ log = get_logger("voxray.sip")
 class SipTransport(MediaTransport):
     kind = "sip"
 
-    def __init__(self, endpoint: "SipEndpoint", call_id: str, inbound: bool) -> None:
+    def __init__(self, endpoint: SipCalls, call_id: str, inbound: bool) -> None:
         super().__init__()
         self.endpoint = endpoint
         self.call_id = call_id
@@ -45,7 +59,7 @@ class SipTransport(MediaTransport):
     # -- helpers ------------------------------------------------------------------------
 
     @property
-    def node_call(self) -> "NodeCall | None":
+    def node_call(self) -> NodeCall | None:
         return self.endpoint.core.calls.get(self.call_id)
 
     def _emit(self, event: ev.EventBase) -> None:
@@ -61,13 +75,13 @@ class SipTransport(MediaTransport):
         else:  # not attached to a media session yet (inbound, before accept)
             asyncio.get_running_loop().create_task(self.endpoint.core.end_call(self.call_id, reason, initiator))
 
-    def bind_pj(self, pjcall: "SipCall") -> None:  # pj thread
+    def bind_pj(self, pjcall: PjSide) -> None:  # pj thread
         self._pj = pjcall
 
     def forget_pj(self) -> None:  # pj thread
         self._pj = None
 
-    def pj_call(self) -> "SipCall | None":  # pj thread
+    def pj_call(self) -> PjSide | None:  # pj thread
         return self._pj
 
     # -- from the pj thread (run on the loop) ------------------------------------------------

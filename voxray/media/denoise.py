@@ -10,7 +10,7 @@ import ctypes
 
 import numpy as np
 
-from voxray.ua_node.media.resample import Resampler
+from voxray.media.resample import Resampler
 
 FRAME_48K = 480
 

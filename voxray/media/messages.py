@@ -1,10 +1,16 @@
-"""Typed requests and replies between the ingress and the model deployments."""
+"""Typed requests and replies between a call's media session and the models (VAD, ASR, TTS)."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from voxray.providers.base import CallCredentials
+
+class CallCredentials(BaseModel):
+    """Per-call overrides the agent may pass (`asr`/`tts` options): endpoint, key, model."""
+
+    endpoint: str | None = None
+    secret_key: str | None = None
+    model: str | None = None
 
 
 class VadChunk(BaseModel):

@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from voxray.ua_node.media import g711
+from voxray.media import g711
 
 
 class CodecError(ValueError):

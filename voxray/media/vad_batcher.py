@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from voxray.deployments.messages import VadBatch, VadBatchResult, VadChunk, VadChunkResult
+from voxray.media.messages import VadBatch, VadBatchResult, VadChunk, VadChunkResult
 
 InferFn = Callable[[VadBatch], Awaitable[VadBatchResult]]
 

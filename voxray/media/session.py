@@ -20,32 +20,27 @@ from typing import Protocol
 
 import numpy as np
 
-from voxray.deployments.messages import (
+from voxray.media.messages import (
+    CallCredentials,
     AsrRequest, AsrResult, TtsAudio, TtsRequest, VadChunk, VadChunkResult,
 )
 from voxray.logs import bind_call, get_logger
 from voxray.protocol import events as ev
 from voxray.protocol.commands import Background, Play, Tts
 from voxray.protocol.errors import ProtocolError
-from voxray.providers.base import CallCredentials
 from voxray.protocol.options import CallOption
-from voxray.ua_node.media import amd
-from voxray.ua_node.media.audio_source import AudioSourcePolicy, load_audio
-from voxray.ua_node.media.codecs import Codec, make_codec
-from voxray.ua_node.media.playout import Playout, Track
-from voxray.ua_node.media.resample import Resampler, resample
-from voxray.ua_node.media.text_chunker import TextChunker
-from voxray.ua_node.media.vad_segmenter import (
+from voxray.media import amd
+from voxray.media.audio_source import AudioSourcePolicy, load_audio
+from voxray.media.codecs import Codec, make_codec
+from voxray.media.playout import Playout, Track
+from voxray.media.resample import Resampler, resample
+from voxray.media.services import ModelServices
+from voxray.media.text_chunker import TextChunker
+from voxray.media.vad_segmenter import (
     WINDOW, WINDOW_MS, SegmenterConfig, SpeechEnded, SpeechStarted, VadSegmenter,
 )
 
 log = get_logger("voxray.media")
-
-
-class ModelServices(Protocol):
-    async def vad(self, chunk: VadChunk) -> VadChunkResult: ...
-    async def transcribe(self, req: AsrRequest) -> AsrResult: ...
-    def synthesize(self, req: TtsRequest) -> AsyncIterator[TtsAudio]: ...
 
 
 class MediaSink(Protocol):
@@ -104,7 +99,7 @@ class MediaSession:
         self._to16k = Resampler(self.codec_in.sample_rate, 16000)
         self._denoiser = None
         if option.denoise:
-            from voxray.ua_node.media.denoise import Denoiser
+            from voxray.media.denoise import Denoiser
 
             self._denoiser = Denoiser()
         vad = option.vad

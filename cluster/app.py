@@ -1,10 +1,12 @@
-"""Builds the Serve application: the ingress bound to its model deployments."""
+"""Builds the Serve application: the ingress bound to its model deployments, with the
+cluster's scaling options and the way to the UA nodes."""
 
 from __future__ import annotations
 
 from ray.serve import Application
 
 from voxray.cluster.autoscaling import deployment_options
+from voxray.cluster.placement import UaNodeDirectory
 from voxray.config import VoxrayConfig
 from voxray.deployments.asr import AsrDeployment
 from voxray.deployments.ingress import Ingress
@@ -28,4 +30,5 @@ def build_app(config: VoxrayConfig) -> Application:
         # Tokens are resolved here, where the environment is the operator's.
         config.security.model_copy(update={"api_tokens": config.security.tokens(), "api_token_env": ""}).model_dump(),
         config.admission.model_dump(),
+        UaNodeDirectory(),
     )

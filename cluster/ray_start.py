@@ -1,0 +1,56 @@
+"""Starting an embedded Ray, or joining a cluster, the same way in every voxray process."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_embedded = False  # this process started its own Ray (and so takes it down whole)
+
+
+def ray_env_defaults() -> None:
+    """Make every Ray process behave the same, whatever the user's home holds."""
+    # A stray ~/.ray/auth_token would switch token auth on for some tools only.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Models ship inside packages: nothing may reach for a model hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None,
+              dashboard: bool = True, log=print) -> None:
+    """Join the cluster at `address` (or RAY_ADDRESS), else start an embedded one."""
+    import ray
+
+    ray_env_defaults()
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return
+    env = {"env_vars": {k: os.environ[k] for k in ("RAY_AUTH_MODE", "HF_HUB_OFFLINE", "VOXRAY_LOG_LEVEL",
+                                                    "VOXRAY_WHISPER_MODEL", "VOXRAY_PIPER_VOICE")
+                        if k in os.environ}}
+    # Fatal signals dump every thread's Python stack from interpreter start, before any
+    # voxray code runs (voxray.faults does the same from each actor's __init__).
+    env["env_vars"]["PYTHONFAULTHANDLER"] = "1"
+    if address:
+        log(f"joining Ray cluster at {address}")
+        ray.init(address=address, namespace="voxray", runtime_env=env, log_to_driver=False)
+    else:
+        log("starting an embedded single-node Ray")
+        global _embedded
+        _embedded = True
+        # "local": a new instance of our own. Without it ray.init() joins any Ray it finds
+        # running on this machine (another user's, a test's), and we would deploy onto it.
+        ray.init(address="local", num_cpus=num_cpus, namespace="voxray", include_dashboard=dashboard,
+                 dashboard_host="127.0.0.1", runtime_env=env, log_to_driver=False)
+    ctx = ray.get_runtime_context()
+    log(f"Ray is up (node {ctx.get_node_id()[:12]})")
+
+
+def embedded() -> bool:
+    """Whether this process started its own Ray (and so takes it down whole)."""
+    return _embedded
+
+
+def eprint(*args) -> None:
+    print(*args, file=sys.stderr, flush=True)
