@@ -108,9 +108,9 @@ class Stress:
             await asyncio.wait_for(connected.wait(), 10)
             session = self.core.calls[call_id].session
             deadline = time.monotonic() + 5
-            while session._stream_epoch_ms is None and time.monotonic() < deadline:  # caller audio arrived
+            while not session.audio_started and time.monotonic() < deadline:  # caller audio arrived
                 await asyncio.sleep(0.02)
-            if session._stream_epoch_ms is None:
+            if not session.audio_started:
                 raise RuntimeError("no caller audio reached the session")
         except Exception as exc:
             error = repr(exc)

@@ -9,12 +9,12 @@ the media session in this process and carries audio over the agent's socket
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from voxray.media.commands import Emit, Hangup, SendAudio, SessionSink, apply_command
 from voxray.media.services import ModelServices
-from voxray.media.session import MediaConfig, MediaSession
+from voxray.media.config import MediaConfig
+from voxray.media.session import MediaSession
 from voxray.protocol import commands as cmd
 from voxray.protocol import events as ev
 from voxray.protocol.errors import ProtocolError

@@ -24,7 +24,7 @@ from voxray import metrics
 from voxray.faults import enable_fault_dumps
 from voxray.logs import bind_call, get_logger
 from voxray.protocol.events import Error, dump_event
-from voxray.media.session import MediaConfig
+from voxray.media.config import MediaConfig
 
 log = get_logger("voxray.ingress")
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from voxray.media.messages import AsrRequest, AsrResult, TtsAudio, TtsRequest, VadBatch, VadBatchResult, VadChunk, VadChunkResult
+from voxray.media.messages import (
+    AsrRequest, AsrResult, TtsAudio, TtsRequest, VadBatch, VadBatchResult, VadChunk, VadChunkResult,
+)
 from voxray.media.vad_batcher import VadBatcher
 from voxray.providers.catalog import ProvidersConfig
 

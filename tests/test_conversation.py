@@ -20,7 +20,8 @@ from voxray.protocol.commands import Play, Tts
 from voxray.protocol.errors import ProtocolError
 from voxray.protocol.options import BargeInOption, CallOption, TranscriptionOption
 from voxray.speech import espeak_speech, write_wav
-from voxray.media.session import MediaConfig, MediaSession
+from voxray.media.config import MediaConfig
+from voxray.media.session import MediaSession
 
 LONG_TEXT = ("Thank you for calling. Our opening hours are from nine in the morning until six in the "
              "evening, Monday to Friday, and from ten until four on Saturdays.")

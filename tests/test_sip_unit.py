@@ -41,3 +41,54 @@ def test_sip_message_helpers():
     assert header_tag(sip_header(msg, "to", "t")) is None
     assert sip_body(msg) == "v=0\r\n"
     assert sip_body("OPTIONS sip:x SIP/2.0\r\n\r\n") is None
+
+
+async def test_music_on_hold_refuses_what_play_refuses(tmp_path):
+    import asyncio
+    import wave
+
+    import numpy as np
+
+    from tests.fake_models import FakeModels, Sink, tone
+    from voxray.media.config import MediaConfig
+    from voxray.media.speaker import Speaker
+    from voxray.protocol.commands import Play
+    from voxray.protocol.errors import ProtocolError
+    from voxray.protocol.options import CallOption
+    from voxray.ua_node.node import UaNodeCore
+    from voxray.ua_node.sip.endpoint import SipEndpoint
+
+    allowed, other = tmp_path / "media", tmp_path / "secret"
+    allowed.mkdir()
+    other.mkdir()
+    for path in (allowed / "hold.wav", other / "hold.wav"):
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(8000)
+            w.writeframes(tone(200, 8000).astype("<i2").tobytes())
+    (allowed / "notes.txt").write_text("not audio")
+    config = MediaConfig(play_dirs=(str(allowed),))
+    endpoint = SipEndpoint(UaNodeCore(FakeModels(), config), SipSettings(enabled=True),
+                           asyncio.get_running_loop())
+    speaker = Speaker("c", CallOption(codec="pcm"), FakeModels(), Sink(), config, caller_speaking=lambda: False)
+
+    async def outcome(load) -> int | np.ndarray:
+        try:
+            return await load()
+        except ProtocolError as exc:
+            return exc.code
+
+    cases = [str(other / "hold.wav"),                       # outside the allowed folders: 403
+             f"file://{other / 'hold.wav'}",                # the same as a file:// URL: 403
+             "http://127.0.0.1:9/hold.wav",                 # a loopback URL: 403
+             "ftp://example.com/hold.wav",                  # an unsupported scheme: 400
+             str(allowed / "missing.wav"),                  # no such file: 404
+             str(allowed / "notes.txt")]                    # not audio: 415
+    for url in cases:
+        moh = await outcome(lambda: endpoint._load_moh(url))
+        play = await outcome(lambda: speaker.play(Play(url=url)))
+        assert isinstance(moh, int) and moh == play, (url, moh, play)
+    ok = await endpoint._load_moh(str(allowed / "hold.wav"))
+    assert ok.size == 3200 and np.abs(ok).max() > 4000  # 200 ms at 16 kHz
+    await endpoint.http.aclose()

@@ -9,7 +9,7 @@ import ray
 from voxray import metrics
 from voxray.faults import enable_fault_dumps
 from voxray.logs import get_logger
-from voxray.media.session import MediaConfig
+from voxray.media.config import MediaConfig
 from voxray.ua_node.node import CommandResult, UaNodeCore
 
 log = get_logger("voxray.ua_node")

@@ -21,7 +21,8 @@ from voxray.protocol import commands as cmd
 from voxray.protocol import events as ev
 from voxray.protocol.errors import ProtocolError
 from voxray.media.services import ModelServices
-from voxray.media.session import MediaConfig, MediaSession
+from voxray.media.config import MediaConfig
+from voxray.media.session import MediaSession
 from voxray.ua_node.transport import MediaTransport
 
 log = get_logger("voxray.ua_node")

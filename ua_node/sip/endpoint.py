@@ -7,12 +7,8 @@ Runs on the actor's asyncio loop; every pjsua2 call goes through `PjStack`
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 import uuid
-import wave
-from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import httpx
 import numpy as np
@@ -23,7 +19,7 @@ from voxray.logs import bind_call, get_logger
 from voxray.protocol import commands as cmd
 from voxray.protocol import events as ev
 from voxray.protocol.errors import ProtocolError
-from voxray.media.resample import resample
+from voxray.media.audio_source import AudioSourcePolicy, load_audio
 from voxray.ua_node.node import NodeCall, UaNodeCore
 from voxray.ua_node.sip.config import SipSettings
 from voxray.ua_node.sip.lifetime import destroy
@@ -59,6 +55,8 @@ class SipEndpoint:
         self._ticks = 0  # pj thread
         self._tasks: set[asyncio.Task] = set()
         self.trusted = TrustedSources(settings.trusted_sources)
+        mc = core.media_config
+        self.play_policy = AudioSourcePolicy(list(mc.play_dirs), mc.play_cache_dir, mc.play_allow_private_urls)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -318,26 +316,9 @@ class SipEndpoint:
             log.info("refer sent", extra={"to": dest, "moh": bool(moh is not None)})
 
     async def _load_moh(self, url: str) -> np.ndarray:
-        """Music on hold: a WAV file path, file:// or http(s) URL, as 16 kHz mono PCM."""
-        try:
-            parsed = urlparse(url)
-            if parsed.scheme in ("http", "https"):
-                r = await self.http.get(url, timeout=10)
-                r.raise_for_status()
-                data = r.content
-            else:
-                path = unquote(parsed.path) if parsed.scheme == "file" else url
-                data = await asyncio.to_thread(Path(path).read_bytes)
-            with wave.open(io.BytesIO(data)) as w:
-                if w.getsampwidth() != 2:
-                    raise ValueError("need 16-bit PCM")
-                pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.int16)
-                if w.getnchannels() > 1:
-                    pcm = pcm.reshape(-1, w.getnchannels())[:, 0].copy()
-                rate = w.getframerate()
-        except Exception as exc:
-            raise ProtocolError(f"cannot load moh '{url}': {exc}", 400) from None
-        return resample(pcm, rate, 16000) if rate != 16000 else pcm
+        """Music on hold, as 16 kHz mono PCM, under the same policy as `play` (allowed folders,
+        no private URLs unless allowed, size and length caps)."""
+        return await load_audio(url, 16000, self.play_policy, what="moh")
 
     async def _pj_job(self, fn):
         try:

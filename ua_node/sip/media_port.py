@@ -13,6 +13,8 @@ from collections.abc import Callable
 import numpy as np
 import pjsua2 as pj
 
+from voxray.media.mixer import LoopedAudio
+
 CLOCK_RATE = 16000
 FRAME_SAMPLES = 320  # 20 ms
 FRAME_BYTES = FRAME_SAMPLES * 2
@@ -35,31 +37,19 @@ class BridgePort(pj.AudioMediaPort):
         super().__init__()
         self._on_frame = on_frame
         self._next_frame = next_frame
-        self.moh: np.ndarray | None = None  # looped instead of the transport's audio while set
-        self._moh_pos = 0
+        self.moh: LoopedAudio | None = None  # looped instead of the transport's audio while set
         self.frames_in = 0
         self.frames_out = 0
         self.peak_out = 0
 
-    def set_moh(self, pcm16k: np.ndarray | None) -> None:
-        self._moh_pos = 0
-        self.moh = pcm16k if pcm16k is not None and pcm16k.size else None
-
-    def _moh_frame(self) -> np.ndarray:
-        moh = self.moh
-        out = np.empty(FRAME_SAMPLES, np.int16)
-        filled = 0
-        while filled < FRAME_SAMPLES:
-            take = min(FRAME_SAMPLES - filled, moh.size - self._moh_pos)
-            out[filled:filled + take] = moh[self._moh_pos:self._moh_pos + take]
-            filled += take
-            self._moh_pos = (self._moh_pos + take) % moh.size
-        return out
+    def set_moh(self, pcm16k: np.ndarray | None) -> None:  # pj thread
+        self.moh = LoopedAudio(pcm16k) if pcm16k is not None and pcm16k.size else None
 
     def onFrameRequested(self, frame) -> None:  # bridge wants audio for the peer
         if self.retired:
             return
-        pcm = self._moh_frame() if self.moh is not None else self._next_frame()
+        moh = self.moh
+        pcm = moh.take(FRAME_SAMPLES).astype(np.int16) if moh is not None else self._next_frame()
         if pcm.size != FRAME_SAMPLES:
             pcm = np.resize(pcm, FRAME_SAMPLES) if pcm.size else np.zeros(FRAME_SAMPLES, np.int16)
         self.frames_out += 1

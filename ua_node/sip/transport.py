@@ -48,7 +48,7 @@ class SipTransport(MediaTransport):
         self.inbound = inbound
         self.recorder_file: str | None = None  # read by the pj thread when media comes up
         self.inactivity_s: float | None = None  # read by the pj thread's RTP watch
-        self._pj: SipCall | None = None  # pj thread only
+        self._pj: PjSide | None = None  # pj thread only
         self.accepted = False  # inbound: 200 OK sent
         self.confirmed = False
         self.ended = False

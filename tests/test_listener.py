@@ -1,0 +1,157 @@
+"""The listener's rules with fake models, in milliseconds: turns, transcripts, partials, barge-in."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from tests.fake_models import FRAME, FakeModels, Sink, silence, tone
+from voxray.media.config import MediaConfig
+from voxray.media.listener import Listener
+from voxray.media.playout import Track
+from voxray.protocol.options import CallOption
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Owner:
+    """The session around a listener: what it plays, and what barge-in and speech start do."""
+
+    def __init__(self) -> None:
+        self.track: Track | None = None
+        self.barge_ins = 0
+        self.speech_starts = 0
+
+    def playing(self) -> Track | None:
+        return self.track
+
+    async def barge_in(self) -> None:
+        self.barge_ins += 1
+        self.track = None
+
+    def speech(self) -> None:
+        self.speech_starts += 1
+
+
+def make(option: dict | None = None, models: FakeModels | None = None) -> tuple[Listener, Sink, FakeModels, Owner]:
+    models = models or FakeModels()
+    sink, owner = Sink(), Owner()
+    listener = Listener("call-1", CallOption.model_validate({"codec": "pcm", **(option or {})}), models, sink,
+                        MediaConfig(), playing=owner.playing, on_barge_in=owner.barge_in, on_speech=owner.speech)
+    listener.start()
+    return listener, sink, models, owner
+
+
+def say(listener: Listener, pcm: np.ndarray) -> None:
+    for i in range(0, pcm.size, FRAME):
+        listener.feed(pcm[i:i + FRAME].astype("<i2").tobytes())
+
+
+async def stop(listener: Listener) -> None:
+    for t in listener.pending_tasks():
+        t.cancel()
+    await asyncio.gather(*listener.pending_tasks(), return_exceptions=True)
+    listener.close()
+
+
+async def test_a_turn_gives_speaking_silence_and_its_transcript():
+    listener, sink, _, owner = make()
+    say(listener, np.concatenate([silence(300), tone(600), silence(800)]))
+    final = (await sink.wait("asrFinal"))[0]
+    assert sink.names()[:3] == ["speaking", "silence", "metrics"]
+    assert final.text == "tone 600 ms" and final.index == 0
+    assert final.end_time - final.start_time >= 600
+    assert sink.of("eou")[0].completed is True
+    assert owner.speech_starts == 1
+    await stop(listener)
+
+
+async def test_transcripts_keep_speaking_order_when_the_first_is_slow():
+    models = FakeModels()
+    models.asr_delay_s = [0.3, 0.0]
+    listener, sink, _, _ = make(models=models)
+    say(listener, np.concatenate([tone(400), silence(700), tone(800), silence(700)]))
+    finals = await sink.wait("asrFinal", count=2)
+    assert [(f.index, f.text) for f in finals] == [(0, "tone 400 ms"), (1, "tone 800 ms")]
+    await stop(listener)
+
+
+async def test_partials_come_while_speaking_and_never_after_the_final():
+    listener, sink, models, _ = make({"asr": {"partialIntervalMs": 200}})
+    say(listener, tone(1500))
+    deltas = await sink.wait("asrDelta")
+    assert deltas[0].index == 0 and deltas[0].text.startswith("tone")
+    say(listener, silence(800))
+    await sink.wait("asrFinal")
+    n = len(sink.of("asrDelta"))
+    await asyncio.sleep(0.05)
+    assert len(sink.of("asrDelta")) == n
+    assert sink.names().index("asrFinal") > max(i for i, e in enumerate(sink.names()) if e == "asrDelta")
+    await stop(listener)
+
+
+async def test_a_short_noise_burst_is_no_turn():
+    listener, sink, models, _ = make()
+    say(listener, np.concatenate([tone(60), silence(800)]))  # under min_speech_ms (96)
+    await asyncio.sleep(0.1)
+    assert sink.of("speaking") == [] and models.asr_requests == []
+    await stop(listener)
+
+
+async def test_muted_caller_is_not_heard():
+    listener, sink, models, _ = make()
+    listener.muted = True
+    say(listener, np.concatenate([tone(600), silence(800)]))
+    await asyncio.sleep(0.1)
+    assert sink.of("speaking") == []
+    listener.muted = False
+    say(listener, np.concatenate([tone(600), silence(800)]))
+    await sink.wait("asrFinal")
+    await stop(listener)
+
+
+async def test_caller_speech_over_playing_audio_barges_in_after_the_guards():
+    listener, sink, _, owner = make({"bargeIn": {"minSpeechMs": 160, "ignoreMs": 0}})
+    owner.track = Track(play_id="p1", sample_rate=16000, started=True, started_at=0.0)
+    say(listener, tone(100))  # shorter than min_speech_ms: not yet
+    await asyncio.sleep(0.05)
+    assert owner.barge_ins == 0
+    say(listener, tone(200))
+    await asyncio.sleep(0.05)
+    assert owner.barge_ins == 1
+    await stop(listener)
+
+
+async def test_no_barge_in_while_nothing_plays_or_when_disabled():
+    listener, sink, _, owner = make({"bargeIn": {"enabled": False}})
+    owner.track = Track(play_id="p1", sample_rate=16000, started=True, started_at=0.0)
+    say(listener, np.concatenate([tone(600), silence(800)]))
+    await sink.wait("asrFinal")
+    assert owner.barge_ins == 0
+    await stop(listener)
+
+
+async def test_a_failed_vad_call_is_reported_and_listening_goes_on():
+    models = FakeModels()
+    models.fail_vad = 1
+    listener, sink, _, _ = make(models=models)
+    say(listener, silence(64))  # the failing request
+    await sink.wait("error")
+    assert sink.of("error")[0].sender == "vad" and sink.of("error")[0].code == 503
+    say(listener, np.concatenate([tone(600), silence(800)]))
+    await sink.wait("asrFinal")
+    await stop(listener)
+
+
+async def test_answering_machine_detection_on_the_first_turn():
+    listener, sink, models, _ = make({"answerMachineDetection": True})
+
+    async def greeting(req):
+        return type(await FakeModels.transcribe(models, req))(
+            text="Hi, you have reached Alice. Please leave a message after the tone.", provider="fake")
+    models.transcribe = greeting
+    say(listener, np.concatenate([tone(3000), silence(800)]))
+    await sink.wait("answerMachineDetection")
+    await stop(listener)

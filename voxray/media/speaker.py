@@ -1,0 +1,320 @@
+"""The agent's half of a call: what the caller hears, paced in real time.
+
+`tts` (whole or streamed token by token, spoken clause by clause), `play` (a file or
+URL through the play policy), `tts` with `base64` (the agent's own PCM), a looped
+`background` under it all (ducked while anyone speaks), `interrupt`, `pause` and
+`resume`, `waitInputTimeout` and `autoHangup`. One frame leaves every ptime on an
+absolute clock; `trackStart`, `trackEnd` and `interruption` report each track.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from voxray.logs import bind_call, get_logger
+from voxray.media.audio_source import AudioSourcePolicy, load_audio
+from voxray.media.codecs import Codec, make_codec
+from voxray.media.config import MediaConfig, MediaSink, fallback_metrics
+from voxray.media.messages import CallCredentials, TtsRequest
+from voxray.media.mixer import LoopedAudio
+from voxray.media.playout import Playout, Track
+from voxray.media.resample import resample
+from voxray.media.services import ModelServices
+from voxray.media.text_chunker import TextChunker
+from voxray.protocol import events as ev
+from voxray.protocol.commands import Background, Play, Tts
+from voxray.protocol.errors import ProtocolError
+from voxray.protocol.options import CallOption
+
+log = get_logger("voxray.media")
+
+
+@dataclass
+class TrackFeed:
+    """Text waiting to be spoken on one track, and the task that speaks it."""
+
+    track: Track
+    streaming: bool
+    created: float = field(default_factory=time.perf_counter)
+    chunker: TextChunker = field(default_factory=TextChunker)
+    pieces: asyncio.Queue = field(default_factory=asyncio.Queue)
+    open: bool = True
+    task: asyncio.Task | None = None
+
+    def push(self, text: str) -> None:
+        self.track.text = (self.track.text + text) if self.streaming else text
+        for piece in (self.chunker.push(text) if self.streaming else [text]):
+            self.pieces.put_nowait(piece)
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            for piece in self.chunker.flush() if self.streaming else []:
+                self.pieces.put_nowait(piece)
+            self.pieces.put_nowait(None)
+
+
+class Speaker:
+    def __init__(self, call_id: str, option: CallOption, services: ModelServices, sink: MediaSink,
+                 config: MediaConfig, *, caller_speaking: Callable[[], bool]) -> None:
+        self.call_id = call_id
+        self.option = option
+        self.services = services
+        self.sink = sink
+        self.config = config
+        self._caller_speaking = caller_speaking  # background music ducks under the caller too
+        self.codec: Codec = make_codec(option.codec)
+        self.playout = Playout()
+        self._audio_ready = asyncio.Event()
+        self._feeds: dict[int, TrackFeed] = {}
+        self._wait_input: asyncio.Task | None = None
+        self._bg: LoopedAudio | None = None  # background music at the codec rate
+        self._bg_cmd: Background | None = None
+        self._ssrc = random.getrandbits(32)
+        self._tasks: list[asyncio.Task] = []
+        self.play_policy = AudioSourcePolicy(list(config.play_dirs), config.play_cache_dir,
+                                             config.play_allow_private_urls)
+        self.muted = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        with bind_call(self.call_id):
+            self._tasks = [asyncio.create_task(self._playout_loop(), name=f"playout-{self.call_id}")]
+
+    def pending_tasks(self) -> list[asyncio.Task]:
+        return [f.task for f in self._feeds.values() if f.task] + self._tasks + (
+            [self._wait_input] if self._wait_input else [])
+
+    def playing(self) -> Track | None:
+        """The track the caller hears now (started, not paused), if any."""
+        track = self.playout.current
+        return track if track is not None and track.started and not self.playout.paused else None
+
+    def cancel_wait_input(self) -> None:
+        if self._wait_input:
+            self._wait_input.cancel()
+
+    # -- commands --------------------------------------------------------------------
+
+    def _new_track(self, play_id: str | None, auto_hangup: bool, wait_input_timeout: float | None) -> Track:
+        return Track(play_id=play_id or uuid.uuid4().hex[:12], sample_rate=self.codec.sample_rate,
+                     auto_hangup=auto_hangup, wait_input_timeout=wait_input_timeout)
+
+    def _open_stream(self, play_id: str | None) -> TrackFeed | None:
+        for feed in self._feeds.values():
+            if feed.streaming and feed.open and (play_id is None or feed.track.play_id == play_id):
+                return feed
+        return None
+
+    async def _prepare_track(self, play_id: str | None) -> None:
+        current = self.playout.current
+        if current is not None and play_id is not None and current.play_id != play_id:
+            # A new playId interrupts what is playing; the same one queues behind it.
+            await self.interrupt(graceful=False)
+        self.cancel_wait_input()
+
+    def _enqueue_ready(self, track: Track, pcm: np.ndarray) -> None:
+        track.feed(pcm)
+        track.finish_feeding()
+        self.playout.enqueue(track)
+        self._audio_ready.set()
+
+    async def tts(self, cmd: Tts) -> None:
+        if cmd.base64:
+            await self._play_pcm(cmd)
+            return
+        if cmd.streaming:
+            feed = self._open_stream(cmd.play_id)
+            if feed is not None:
+                feed.push(cmd.text)
+                if cmd.end_of_stream:
+                    feed.close()
+                return
+        await self._prepare_track(cmd.play_id)
+        track = self._new_track(cmd.play_id, cmd.auto_hangup, cmd.wait_input_timeout)
+        feed = TrackFeed(track, streaming=cmd.streaming)
+        feed.push(cmd.text)
+        if not cmd.streaming or cmd.end_of_stream:
+            feed.close()
+        self.playout.enqueue(track)
+        self._feeds[id(track)] = feed
+        feed.task = asyncio.create_task(self._speak(feed, cmd), name=f"tts-{track.play_id}")
+
+    async def play(self, cmd: Play) -> None:
+        await self._prepare_track(cmd.play_id)
+        track = self._new_track(cmd.play_id, cmd.auto_hangup, cmd.wait_input_timeout)
+        # Load before queueing so a bad URL is an error for the command, not a silent track.
+        self._enqueue_ready(track, await load_audio(cmd.url, self.codec.sample_rate, self.play_policy))
+
+    async def _play_pcm(self, cmd: Tts) -> None:
+        """`tts` with `base64`: the agent brings its own 16 kHz PCM."""
+        try:
+            raw = base64.b64decode(cmd.text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError("tts base64: text is not valid base64", 422) from None
+        if len(raw) % 2:
+            raise ProtocolError("tts base64: PCM must hold whole 16-bit samples", 422)
+        await self._prepare_track(cmd.play_id)
+        track = self._new_track(cmd.play_id, cmd.auto_hangup, cmd.wait_input_timeout)
+        pcm = np.frombuffer(raw, dtype="<i2").astype(np.int16)
+        self._enqueue_ready(track, resample(pcm, 16000, self.codec.sample_rate))
+
+    def _tts_request(self, piece: str, cmd: Tts) -> TtsRequest:
+        opt = cmd.option or self.option.tts
+        return TtsRequest(
+            call_id=self.call_id, text=piece, sample_rate=self.codec.sample_rate,
+            speed=opt.speed if opt else 1.0,
+            speaker=cmd.speaker or (opt.speaker if opt else None),
+            provider=(opt.provider if opt and opt.provider else self.config.tts_provider),
+            creds=CallCredentials(endpoint=opt.endpoint, secret_key=opt.secret_key,
+                                  model=(opt.extra or {}).get("model")) if opt else None,
+        )
+
+    async def _speak(self, feed: TrackFeed, cmd: Tts) -> None:
+        track = feed.track
+        first = True
+        try:
+            while True:
+                piece = await feed.pieces.get()
+                if piece is None:
+                    return
+                try:
+                    async for audio in self.services.synthesize(self._tts_request(piece, cmd)):
+                        if audio.failures:
+                            await self.sink.emit(fallback_metrics("tts", audio.provider, audio.failures))
+                        if first:
+                            first = False
+                            # From the command (first token when streaming) to first audio.
+                            await self.sink.emit(ev.Metrics(
+                                key=f"ttfb.tts.{audio.provider}",
+                                duration=int((time.perf_counter() - feed.created) * 1000),
+                                data={"playId": track.play_id, "streaming": feed.streaming},
+                            ))
+                        track.feed(np.frombuffer(audio.pcm, dtype="<i2").astype(np.int16))
+                        self._audio_ready.set()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    track.failed = str(exc)
+                    log.warning("tts failed", extra={"error": repr(exc), "play_id": track.play_id})
+                    await self.sink.emit(ev.Error(sender="tts", error=f"tts failed: {exc}", code=503))
+        finally:
+            feed.open = False
+            track.finish_feeding()
+            self._audio_ready.set()
+
+    async def interrupt(self, graceful: bool = False) -> None:
+        dropped = self.playout.drop_queued() if graceful else self.playout.drop_all()
+        if not graceful:
+            clear = getattr(self.sink, "clear_audio", None)
+            if clear is not None:
+                clear()
+        for track in dropped:
+            feed = self._feeds.pop(id(track), None)
+            if feed and feed.task:
+                feed.task.cancel()
+            if track.started:
+                words = track.text.split()
+                current, total = track.ms(track.played), max(track.ms(track.fed), 1)
+                await self.sink.emit(ev.Interruption(
+                    play_id=track.play_id, current=current, total_duration=total,
+                    subtitle=track.text or None,
+                    position=min(len(words), round(len(words) * current / total)) if words else None,
+                ))
+                await self._track_end(track)
+        self._audio_ready.set()
+
+    async def background(self, cmd: Background) -> None:
+        if not cmd.url:
+            self._bg, self._bg_cmd = None, None
+            return
+        pcm = await load_audio(cmd.url, self.codec.sample_rate, self.play_policy)
+        self._bg, self._bg_cmd = LoopedAudio(pcm, loop=cmd.loop), cmd
+        self._audio_ready.set()
+
+    def pause(self) -> None:
+        self.playout.paused = True
+
+    def resume(self) -> None:
+        self.playout.paused = False
+        self._audio_ready.set()
+
+    # -- the clock -------------------------------------------------------------------
+
+    async def _track_end(self, track: Track) -> None:
+        self._feeds.pop(id(track), None)
+        await self.sink.emit(ev.TrackEnd(
+            track_id=self.call_id, play_id=track.play_id, duration=track.ms(track.played), ssrc=self._ssrc,
+        ))
+
+    def _arm_wait_input(self, seconds: float) -> None:
+        async def wait() -> None:
+            started = int(time.time() * 1000)
+            await asyncio.sleep(seconds)
+            await self.sink.emit(ev.Silence(track_id=self.call_id, start_time=started,
+                                            duration=int(seconds * 1000)))
+
+        self.cancel_wait_input()
+        self._wait_input = asyncio.create_task(wait(), name=f"wait-input-{self.call_id}")
+
+    def _background_frame(self, n: int, ducked: bool) -> np.ndarray | None:
+        bg, cmd = self._bg, self._bg_cmd
+        if bg is None or cmd is None:
+            return None
+        frame = bg.take(n, cmd.volume * (cmd.duck if ducked else 1.0))
+        if frame is None:  # a clip that does not loop is over
+            self._bg, self._bg_cmd = None, None
+        return frame
+
+    async def _playout_loop(self) -> None:
+        frame_samples = int(self.codec.sample_rate * self.config.ptime_ms / 1000)
+        period = self.config.ptime_ms / 1000
+        deadline: float | None = None
+        while True:
+            track = self.playout.current
+            frame = None
+            if track is not None and not self.playout.paused:
+                frame = track.take(frame_samples)
+            if frame is None and track is not None and track.exhausted:
+                self.playout.pop_finished()
+                await self._track_end(track)
+                if track.auto_hangup:
+                    await self.sink.request_hangup("autohangup", "server")
+                elif track.wait_input_timeout:
+                    self._arm_wait_input(track.wait_input_timeout)
+                continue
+            # Music under the call ducks while the agent or the caller speaks.
+            bg = self._background_frame(frame_samples, ducked=frame is not None or self._caller_speaking())
+            if frame is None and bg is None:
+                # Nothing to send yet: wait for audio and restart the clock after.
+                deadline = None
+                self._audio_ready.clear()
+                await self._audio_ready.wait()
+                continue
+            if frame is not None and not track.started:
+                track.started = True
+                track.started_at = time.monotonic()
+                await self.sink.emit(ev.TrackStart(track_id=self.call_id, play_id=track.play_id))
+            if bg is not None:
+                mixed = bg if frame is None else frame.astype(np.float32) + bg
+                frame = np.clip(np.rint(mixed), -32768, 32767).astype(np.int16)
+            if not self.muted:
+                await self.sink.send_audio(self.codec.encode(frame))
+            # Absolute schedule: frames leave every ptime without drift.
+            now = time.monotonic()
+            deadline = now + period if deadline is None else deadline + period
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -0.2:
+                deadline = time.monotonic()  # far behind (e.g. loop stall): do not burst
