@@ -8,7 +8,9 @@ replica that holds the call through a long poll each replica keeps open.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
+from collections.abc import Callable
 
 from pydantic import BaseModel
 from ray import serve
@@ -30,23 +32,44 @@ class CallInfo(BaseModel):
 
 
 class RegistryCore:
-    """The registry's state and rules, free of Ray so it can be tested alone."""
+    """The registry's state and rules, free of Ray so it can be tested alone.
 
-    def __init__(self) -> None:
+    A replica with calls long-polls `wait_kills` without pause (10 s per poll), so a
+    replica not heard from for `replica_timeout_s` is gone (crashed, killed, scaled
+    down hard) and its calls with it: they leave the list, and killing one is a 404.
+    """
+
+    def __init__(self, replica_timeout_s: float = 35.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.calls: dict[str, CallInfo] = {}
+        self.replica_timeout_s = replica_timeout_s
+        self._clock = clock
+        self._seen: dict[str, float] = {}  # replica -> last register or poll
+        self._polling: dict[str, int] = defaultdict(int)  # replica -> polls open now
         self._kills: dict[str, set[str]] = defaultdict(set)
         self._kill_events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
 
+    def _heard(self, replica: str) -> None:
+        self._seen[replica] = self._clock()
+
+    def _forget_silent(self) -> None:
+        now = self._clock()
+        for replica, last in list(self._seen.items()):
+            if not self._polling[replica] and now - last > self.replica_timeout_s:
+                self.forget_replica(replica)
+
     def register(self, info: CallInfo) -> None:
+        self._heard(info.replica)
         self.calls[info.id] = info
 
     def unregister(self, call_id: str) -> None:
         self.calls.pop(call_id, None)
 
     def list(self) -> list[CallInfo]:
+        self._forget_silent()
         return sorted(self.calls.values(), key=lambda c: c.created_at)
 
     def request_kill(self, call_id: str) -> bool:
+        self._forget_silent()
         info = self.calls.get(call_id)
         if info is None:
             return False
@@ -55,19 +78,28 @@ class RegistryCore:
         return True
 
     async def wait_kills(self, replica: str, timeout_s: float) -> list[str]:
-        event = self._kill_events[replica]
-        if not self._kills[replica]:
-            try:
-                await asyncio.wait_for(event.wait(), timeout_s)
-            except asyncio.TimeoutError:
-                pass
-        event.clear()
-        ids, self._kills[replica] = sorted(self._kills[replica]), set()
-        return ids
+        self._heard(replica)
+        self._polling[replica] += 1
+        try:
+            event = self._kill_events[replica]
+            if not self._kills[replica]:
+                try:
+                    await asyncio.wait_for(event.wait(), timeout_s)
+                except asyncio.TimeoutError:
+                    pass
+            event.clear()
+            ids, self._kills[replica] = sorted(self._kills[replica]), set()
+            return ids
+        finally:
+            self._polling[replica] -= 1
+            self._heard(replica)
 
     def forget_replica(self, replica: str) -> None:
+        """Drop a gone replica's calls and its bookkeeping."""
         for cid in [c.id for c in self.calls.values() if c.replica == replica]:
             del self.calls[cid]
+        for table in (self._seen, self._polling, self._kills, self._kill_events):
+            table.pop(replica, None)
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)

@@ -1,0 +1,54 @@
+"""The call registry's rules (no Ray): listing, kill requests, and replicas that vanish."""
+
+from __future__ import annotations
+
+import asyncio
+
+from voxray.deployments.registry import CallInfo, RegistryCore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def call(call_id: str, replica: str) -> CallInfo:
+    return CallInfo(id=call_id, replica=replica, path="/call", codec="pcm", created_at=f"2026-11-25T00:00:0{call_id[-1]}Z")
+
+
+async def test_kill_requests_reach_the_replica_that_holds_the_call():
+    reg = RegistryCore()
+    reg.register(call("c1", "r1"))
+    poll = asyncio.create_task(reg.wait_kills("r1", 5.0))
+    await asyncio.sleep(0)
+    assert reg.request_kill("c1") is True
+    assert await asyncio.wait_for(poll, 1) == ["c1"]
+    assert reg.request_kill("nope") is False
+
+
+async def test_calls_of_a_replica_that_stopped_polling_are_forgotten():
+    clock = Clock()
+    reg = RegistryCore(replica_timeout_s=35, clock=clock)
+    reg.register(call("c1", "alive"))
+    reg.register(call("c2", "dead"))
+    for _ in range(5):  # "alive" keeps its long poll going; "dead" was killed after registering
+        clock.now += 10
+        assert await reg.wait_kills("alive", 0.0) == []
+    assert [c.id for c in reg.list()] == ["c1"]
+    assert reg.request_kill("c2") is False  # the API answers 404
+    assert reg.request_kill("c1") is True
+
+
+async def test_a_replica_inside_a_long_poll_is_alive_however_long_it_waits():
+    clock = Clock()
+    reg = RegistryCore(replica_timeout_s=35, clock=clock)
+    reg.register(call("c1", "r1"))
+    poll = asyncio.create_task(reg.wait_kills("r1", 5.0))
+    await asyncio.sleep(0)
+    clock.now += 100
+    assert [c.id for c in reg.list()] == ["c1"]
+    assert reg.request_kill("c1") is True
+    assert await asyncio.wait_for(poll, 1) == ["c1"]
