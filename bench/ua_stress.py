@@ -76,10 +76,9 @@ class Stress:
             batch = await self.core.next_events(call_id, min(1.0, deadline - time.monotonic()))
             if batch is None:
                 return None
-            for text in batch:
-                event = json.loads(text)
-                if event["event"] == name:
-                    return event
+            for event in batch:
+                if event.event == name:
+                    return event.model_dump(by_alias=True)
         return None
 
     async def webrtc(self, i: int) -> None:

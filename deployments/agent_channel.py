@@ -22,6 +22,7 @@ from voxray import metrics
 from voxray.logs import bind_call, get_logger
 from voxray.protocol import commands as cmd
 from voxray.protocol import events as ev
+from voxray.protocol import rules
 from voxray.protocol.errors import ProtocolError
 from voxray.media.codecs import CodecError
 
@@ -289,16 +290,18 @@ class AgentChannel:
         except CodecError as exc:
             await self._error("media", str(exc), 400)
 
+    def call_state(self) -> rules.CallState:
+        return rules.CallState(media=rules.media_of(self.path), inbound=self.media.inbound,
+                               set_up=self.option is not None, answered=self.answered,
+                               early_media=self.early_media)
+
     async def _dispatch(self, c: cmd.Command) -> None:
+        rules.check(c, self.call_state())
         if isinstance(c, cmd.Hangup):
             await self.hangup(c.reason or "hangup", c.initiator or "agent")
-            return
-        if isinstance(c, cmd.History):
+        elif isinstance(c, cmd.History):
             await self.emit(ev.AddHistory(sender="agent", speaker=c.speaker, text=c.text))
-            return
-        if isinstance(c, cmd.Invite):
-            if self.option is not None:
-                raise ProtocolError("call already set up: one invite per call", 409)
+        elif isinstance(c, cmd.Invite):
             self.option = c.option
             try:
                 answer = await self.media.start(c.option)
@@ -307,19 +310,12 @@ class AgentChannel:
                 raise
             if answer is not None:
                 await self.emit(answer)
-            return
-        if isinstance(c, cmd.Accept) and self.option is None:
+        elif isinstance(c, cmd.Accept):
             # An inbound call: `accept` sets it up as `invite` does an outbound one.
             await self.media.command(c)
             self.option = c.option
-            return
-        if self.option is None and not isinstance(c, (cmd.Reject, cmd.Ringing)):
-            raise ProtocolError(f"'{c.command}' needs a call: send invite first", 409)
-        # Early media (ringing with earlyMedia) lets the agent play before the answer.
-        playing_ok = self.answered or (self.early_media and isinstance(c, (cmd.Tts, cmd.Play)))
-        if not playing_ok and isinstance(c, (cmd.Tts, cmd.Play, cmd.Interrupt, cmd.Pause, cmd.Resume, cmd.Refer)):
-            raise ProtocolError(f"'{c.command}' needs an answered call", 409)
-        await self.media.command(c)
+        else:
+            await self.media.command(c)
 
     async def _answered(self) -> None:
         self.answered = True

@@ -17,13 +17,13 @@ from voxray.media.config import MediaConfig
 from voxray.media.session import MediaSession
 from voxray.protocol import commands as cmd
 from voxray.protocol import events as ev
-from voxray.protocol.errors import ProtocolError
 
 __all__ = ["CallMedia", "Emit", "Hangup", "LocalMedia", "SendAudio"]
 
 
 class CallMedia(Protocol):
     last_activity: float  # monotonic time of the last audio from the caller
+    inbound: bool  # an inbound call the agent answers (accept/reject/ringing) instead of inviting
 
     async def start(self, option: cmd.CallOption) -> ev.EventBase | None:
         """Set the call up; return the `answer` event, or None if it comes later."""
@@ -39,6 +39,8 @@ class CallMedia(Protocol):
 
 class LocalMedia:
     """`/call`: the session lives here; caller audio and TTS audio ride the agent's socket."""
+
+    inbound = False
 
     def __init__(self, call_id: str, services: ModelServices, config: MediaConfig,
                  emit: Emit, send_audio: SendAudio, hangup: Hangup) -> None:
@@ -63,10 +65,6 @@ class LocalMedia:
         self.session.feed(payload)
 
     async def command(self, c: cmd.Command) -> None:
-        if isinstance(c, cmd.Refer):
-            raise ProtocolError("refer needs a SIP call (/call/sip); this call's media is the WebSocket", 405)
-        if isinstance(c, (cmd.Reject, cmd.Ringing)):
-            raise ProtocolError(f"'{c.command}' applies to inbound SIP calls only", 405)
         await apply_command(self.session, c, self.call_id)
 
     async def close(self, reason: str) -> None:

@@ -18,6 +18,8 @@ log = get_logger("voxray.remote_media")
 
 
 class RemoteMedia:
+    inbound = False
+
     def __init__(self, ua_node, call_id: str, kind: str, emit: Emit, channel) -> None:
         self.ua = ua_node
         self.call_id = call_id
@@ -48,8 +50,7 @@ class RemoteMedia:
                 if not self._closing:
                     await self._channel.hangup("media_lost", "system")
                 return
-            for text in batch:
-                event = ev.parse_event(text)
+            for event in batch:
                 if isinstance(event, ev.HangupEvent):
                     if not self._closing:
                         asyncio.get_running_loop().create_task(

@@ -11,15 +11,11 @@ import asyncio
 
 from voxray.deployments.call_media import Emit
 from voxray.deployments.remote_media import RemoteMedia
-from voxray.protocol import commands as cmd
-from voxray.protocol import events as ev
-from voxray.protocol.errors import ProtocolError
 
 
 class InboundSipMedia(RemoteMedia):
+    inbound = True  # the agent answers it; voxray.protocol.rules refuses `invite` here
+
     def __init__(self, ua_node, call_id: str, emit: Emit, channel) -> None:
         super().__init__(ua_node, call_id, "sip", emit=emit, channel=channel)
         self._pump = asyncio.get_running_loop().create_task(self._pump_events())
-
-    async def start(self, option: cmd.CallOption) -> ev.EventBase | None:
-        raise ProtocolError("this is an inbound call: answer it with accept (or reject/ringing), not invite", 409)

@@ -16,7 +16,8 @@ class Clock:
 
 
 def call(call_id: str, replica: str) -> CallInfo:
-    return CallInfo(id=call_id, replica=replica, path="/call", codec="pcm", created_at=f"2026-11-25T00:00:0{call_id[-1]}Z")
+    return CallInfo(id=call_id, replica=replica, path="/call", codec="pcm",
+                    created_at=f"2026-11-25T00:00:0{call_id[-1]}Z")
 
 
 async def test_kill_requests_reach_the_replica_that_holds_the_call():

@@ -55,7 +55,7 @@ async def _events(core: UaNodeCore, call_id: str, until: str, timeout: float = 2
         batch = await core.next_events(call_id, 1.0)
         if batch is None:
             break
-        got += [json.loads(t) for t in batch]
+        got += [e.model_dump(by_alias=True) for e in batch]
         if any(e["event"] == until for e in got):
             return got
     raise AssertionError(f"no {until}: {[e['event'] for e in got]}")

@@ -10,6 +10,7 @@ from voxray import metrics
 from voxray.faults import enable_fault_dumps
 from voxray.logs import get_logger
 from voxray.media.config import MediaConfig
+from voxray.protocol import events as ev
 from voxray.ua_node.node import CommandResult, UaNodeCore
 
 log = get_logger("voxray.ua_node")
@@ -76,7 +77,7 @@ class UaNode:
     async def command(self, call_id: str, command_json: str) -> CommandResult:
         return await self.core.command(call_id, command_json)
 
-    async def next_events(self, call_id: str, timeout_s: float = 10.0) -> list[str] | None:
+    async def next_events(self, call_id: str, timeout_s: float = 10.0) -> list[ev.EventBase] | None:
         return await self.core.next_events(call_id, timeout_s)
 
     async def end_call(self, call_id: str, reason: str, initiator: str) -> None:

@@ -19,6 +19,7 @@ from voxray.media.commands import SessionSink, apply_command
 from voxray.logs import bind_call, get_logger
 from voxray.protocol import commands as cmd
 from voxray.protocol import events as ev
+from voxray.protocol import rules
 from voxray.protocol.errors import ProtocolError
 from voxray.media.services import ModelServices
 from voxray.media.config import MediaConfig
@@ -44,7 +45,7 @@ class NodeCall:
         self.call_id = call_id
         self.kind = kind
         self.option = option
-        self.events: asyncio.Queue[str] = asyncio.Queue()
+        self.events: asyncio.Queue[ev.EventBase] = asyncio.Queue()
         self.transport: MediaTransport | None = None
         self.session: MediaSession | None = None
         self.ended = False
@@ -53,8 +54,20 @@ class NodeCall:
         self.created = time.time()
         self.watchdog: asyncio.Task | None = None  # inactivity timeout
 
+    def put(self, event: ev.EventBase) -> None:
+        """Queue an event for the agent's next poll (events cross Ray as models, never as JSON)."""
+        if event.track_id is None:
+            event.track_id = self.call_id
+        self.events.put_nowait(event)
+
     async def emit(self, event: ev.EventBase) -> None:
-        self.events.put_nowait(ev.dump_event(event))
+        """The session's and the node's own events (the session's sink awaits its emit)."""
+        self.put(event)
+
+    def from_transport(self, event: ev.EventBase) -> None:
+        """The transport's events; none once the call is ending (its hangup is the last word)."""
+        if not self.ended:
+            self.put(event)
 
 
 class UaNodeCore:
@@ -90,6 +103,8 @@ class UaNodeCore:
         """A call a transport created before any agent (inbound SIP); the agent attaches later."""
         call.polled = False
         self.calls[call.call_id] = call
+        if call.transport is not None:
+            call.transport.wire_events(call.from_transport)
 
     def has_call(self, call_id: str) -> bool:
         call = self.calls.get(call_id)
@@ -174,18 +189,21 @@ class UaNodeCore:
         transport.on_audio = call.session.feed
         transport.on_closed = lambda reason, initiator: asyncio.get_running_loop().create_task(
             self.end_call(call.call_id, reason, initiator))
-        transport.on_dtmf = lambda digit: call.events.put_nowait(
-            ev.dump_event(ev.Dtmf(track_id=call.call_id, digit=digit)))
+        transport.wire_events(call.from_transport)
         call.session.start()
         if call.option.inactivity_timeout:
             call.watchdog = asyncio.get_running_loop().create_task(self._watch_inactivity(call))
 
     async def _watch_inactivity(self, call: NodeCall) -> None:
-        """A peer that stops sending media (gone without a BYE) is hung up and reported."""
+        """The call's one inactivity timer: a peer that stops sending media (gone without a
+        BYE) is hung up and reported."""
         limit = call.option.inactivity_timeout
         while not call.ended and call.session is not None:
-            idle = time.monotonic() - call.session.last_audio_in
+            heard = call.transport.last_heard() if call.transport is not None else None
+            idle = time.monotonic() - (heard if heard is not None else call.session.last_audio_in)
             if idle >= limit:
+                with bind_call(call.call_id):
+                    log.info("peer inactive", extra={"idle_s": round(idle, 1), "timeout_s": limit})
                 await self.end_call(call.call_id, "inactivity_timeout", "server")
                 return
             await asyncio.sleep(min(0.5, limit - idle))
@@ -196,20 +214,22 @@ class UaNodeCore:
             return CommandResult(ok=False, error=f"no active call '{call_id}' on this node", code=404)
         try:
             c = cmd.parse_command(command_json)
+            if call.transport is not None:  # the agent's channel checked too, with what it knows
+                rules.check(c, call.transport.call_state())
             handler = self.command_handlers.get(call.kind)
             if handler is not None:
                 with bind_call(call_id):
                     if await handler(call, c):
                         return CommandResult()
-            if call.session is None:
-                raise ProtocolError(f"'{c.command}' needs an answered call", 409)
+            if call.session is None:  # a transport's command that its handler did not take
+                raise ProtocolError(f"'{c.command}' is not supported on this call yet", 501)
             with bind_call(call_id):
                 await apply_command(call.session, c, call_id)
         except ProtocolError as exc:
             return CommandResult(ok=False, error=exc.message, code=exc.code)
         return CommandResult()
 
-    async def next_events(self, call_id: str, timeout_s: float = 10.0) -> list[str] | None:
+    async def next_events(self, call_id: str, timeout_s: float = 10.0) -> list[ev.EventBase] | None:
         """Events since the last poll; waits up to timeout_s for the first. None: call gone."""
         call = self.calls.get(call_id)
         if call is None:

@@ -1,8 +1,10 @@
 """The seam between a network transport (SIP/RTP, WebRTC) and a call's MediaSession.
 
-A transport delivers the caller's audio as 16 kHz PCM frames to `on_audio` and
-plays the session's 20 ms PCM frames (`send_audio`) at its own clock, keeping a
-small queue so that session pacing and network pacing need not agree exactly.
+A transport delivers the caller's audio as 16 kHz PCM frames to `on_audio`, its own
+events (ringing, answer, dtmf, refer progress, ...) to `emit`, and the peer's
+hang-up to `on_closed`; it plays the session's 20 ms PCM frames (`send_audio`) at
+its own clock, keeping a small queue so that session pacing and network pacing need
+not agree exactly. The node wires all three (`UaNodeCore.attach`/`add_call`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from voxray.protocol import events as ev
+from voxray.protocol.rules import CallState
+
 FRAME_16K = 320  # samples in 20 ms at 16 kHz
 
 
@@ -22,9 +27,32 @@ class MediaTransport(ABC):
     def __init__(self) -> None:
         self.on_audio: Callable[[bytes], None] | None = None  # set by the call; PCM16 LE @ 16 kHz
         self.on_closed: Callable[[str, str], None] | None = None  # (reason, initiator) when the peer ends it
-        self.on_dtmf: Callable[[str], None] | None = None
+        self._events_to: Callable[[ev.EventBase], None] | None = None
+        self._early: list[ev.EventBase] = []  # emitted before the node wired the call
         self._out: collections.deque[np.ndarray] = collections.deque()
         self._out_max = 25  # 500 ms: beyond this the network side stalled; drop the oldest
+
+    def last_heard(self) -> float | None:
+        """Monotonic time the peer was last heard, where the transport knows better than the
+        session's decoded frames (None: the session's last frame counts)."""
+        return None
+
+    def call_state(self) -> CallState:
+        """What the command rules (voxray.protocol.rules) need to know of this call here."""
+        return CallState(media=self.kind, set_up=True, answered=True)
+
+    def wire_events(self, events_to: Callable[[ev.EventBase], None]) -> None:
+        self._events_to = events_to
+        early, self._early = self._early, []
+        for event in early:
+            events_to(event)
+
+    def emit(self, event: ev.EventBase) -> None:
+        """An event of this call for its agent (held until the node has wired the call)."""
+        if self._events_to is None:
+            self._early.append(event)
+        else:
+            self._events_to(event)
 
     async def send_audio(self, pcm16k: bytes) -> None:
         """One 20 ms frame from the session's playout."""

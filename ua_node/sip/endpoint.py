@@ -170,13 +170,9 @@ class SipEndpoint:
                 n = call.guard.dropped(drops, now)
                 if n:
                     self.stack.to_loop(t.pj_rtp_dropped, n, str(call.guard.rtp))
-            if call.check_rtp(t.inactivity_s):
-                # Report first: the hangup's own DISCONNECTED report must not win the race.
-                self.stack.to_loop(t.pj_inactive)
-                try:
-                    call.hangup(pj.CallOpParam())
-                except pj.Error:
-                    pass
+            seen = call.rtp_seen()
+            if seen is not None:  # the node's inactivity watch reads it (transport.last_heard)
+                t.last_rx = seen
 
     # -- inbound -------------------------------------------------------------------------------
 
@@ -222,7 +218,7 @@ class SipEndpoint:
         self.core.add_call(call)
         with bind_call(t.call_id):
             log.info("incoming sip call", extra={k: info[k] for k in ("caller", "callee", "sip_call_id", "source")})
-        t._emit(ev.Incoming(caller=info["caller"], callee=info["callee"], sdp=info["sdp"]))
+        t.emit(ev.Incoming(caller=info["caller"], callee=info["callee"], sdp=info["sdp"]))
         route = choose_route(self.settings, info["caller"], info["callee"])
         self._spawn(self._route(t, info, route))
 
@@ -256,11 +252,7 @@ class SipEndpoint:
         t = call.transport
         if not isinstance(t, SipTransport):
             return False
-        if isinstance(c, (cmd.Accept, cmd.Reject, cmd.Ringing)):
-            if not t.inbound or t.accepted:
-                raise ProtocolError(f"'{c.command}' applies to a ringing inbound call", 409)
-            if t.ended:
-                raise ProtocolError("the caller has gone", 410)
+        # voxray.protocol.rules has checked c against t.call_state() already.
         if isinstance(c, cmd.Accept):
             await self._accept(call, t, c.option)
         elif isinstance(c, cmd.Reject):
@@ -269,6 +261,7 @@ class SipEndpoint:
             if c.recorder and c.recorder.recorder_file:
                 t.recorder_file = c.recorder.recorder_file
             if c.early_media and call.session is None:
+                t.early_media = True
                 self.core.attach(call, t)
             await self._pj_job(lambda: self._pj_answer(t, 183 if c.early_media else 180))
         elif isinstance(c, cmd.Refer):
@@ -282,7 +275,6 @@ class SipEndpoint:
         call.option = option.model_copy(update=updates)
         if option.recorder and option.recorder.recorder_file:
             t.recorder_file = option.recorder.recorder_file
-        t.inactivity_s = option.inactivity_timeout
         t.accepted = True
         if call.session is None:
             self.core.attach(call, t)
@@ -381,7 +373,6 @@ class SipEndpoint:
         if sip and (sip.username is None) != (sip.password is None):
             raise ProtocolError("option.sip needs both username and password", 422)
         t = SipTransport(self, call_id, inbound=False)
-        t.inactivity_s = option.inactivity_timeout
         if option.recorder and option.recorder.recorder_file:
             t.recorder_file = option.recorder.recorder_file
 

@@ -247,17 +247,15 @@ class SipCall(pj.Call):
         if src is not None:
             self.stack.to_loop(self.transport.pj_rtp_source, str(src), g.policy)
 
-    def check_rtp(self, timeout_s: float | None) -> bool:
-        """True when no RTP arrived for timeout_s (the peer vanished)."""
-        if not timeout_s or not self.confirmed or self.disconnected or self.audio_index is None:
-            return False
+    def rtp_seen(self) -> float | None:
+        """Monotonic time RTP last arrived (from the stream's packet counter), or None before media."""
+        if not self.confirmed or self.disconnected or self.audio_index is None:
+            return None
         try:
             pkts = self.getStreamStat(self.audio_index).rtcp.rxStat.pkt
         except pj.Error:
-            return False
-        now = time.monotonic()
+            return None
         if pkts != self._rx_pkts:
             self._rx_pkts = pkts
-            self._last_rx = now
-            return False
-        return now - self._last_rx > timeout_s
+            self._last_rx = time.monotonic()
+        return self._last_rx

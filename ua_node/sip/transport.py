@@ -7,6 +7,7 @@ itself (`_pj`) is touched only inside functions run on the pj thread.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Protocol
 
 import numpy as np
@@ -14,7 +15,8 @@ import numpy as np
 from voxray import metrics
 from voxray.logs import bind_call, get_logger
 from voxray.protocol import events as ev
-from voxray.ua_node.node import NodeCall, UaNodeCore
+from voxray.protocol.rules import CallState
+from voxray.ua_node.node import UaNodeCore
 from voxray.ua_node.sip.media_port import BridgePort
 from voxray.ua_node.sip.stack import PjStack
 from voxray.ua_node.transport import MediaTransport
@@ -47,26 +49,17 @@ class SipTransport(MediaTransport):
         self.call_id = call_id
         self.inbound = inbound
         self.recorder_file: str | None = None  # read by the pj thread when media comes up
-        self.inactivity_s: float | None = None  # read by the pj thread's RTP watch
+        self.last_rx: float | None = None  # monotonic time of the last RTP packet (set by the pj tick)
         self._pj: PjSide | None = None  # pj thread only
         self.accepted = False  # inbound: 200 OK sent
         self.confirmed = False
         self.ended = False
         self.refer_pending = False
+        self.early_media = False  # ringing with early media: the session plays before the answer
         self.refer_auto_hangup = True
         self.frames_in = 0
 
     # -- helpers ------------------------------------------------------------------------
-
-    @property
-    def node_call(self) -> NodeCall | None:
-        return self.endpoint.core.calls.get(self.call_id)
-
-    def _emit(self, event: ev.EventBase) -> None:
-        call = self.node_call
-        if call is not None and not call.ended:
-            event.track_id = event.track_id or self.call_id
-            call.events.put_nowait(ev.dump_event(event))
 
     def _closed(self, reason: str, initiator: str) -> None:
         self.ended = True
@@ -74,6 +67,16 @@ class SipTransport(MediaTransport):
             self.on_closed(reason, initiator)
         else:  # not attached to a media session yet (inbound, before accept)
             asyncio.get_running_loop().create_task(self.endpoint.core.end_call(self.call_id, reason, initiator))
+
+    def last_heard(self) -> float:
+        # RTP packets, not decoded frames: pjmedia's jitter buffer plays on (PLC) when RTP stops.
+        # A call not answered yet is ringing, not silent.
+        return self.last_rx if self.confirmed and self.last_rx is not None else time.monotonic()
+
+    def call_state(self) -> CallState:
+        return CallState(media="sip", inbound=self.inbound, set_up=not self.inbound or self.accepted,
+                         answered=self.accepted if self.inbound else self.confirmed,
+                         early_media=self.early_media, caller_gone=self.ended)
 
     def bind_pj(self, pjcall: PjSide) -> None:  # pj thread
         self._pj = pjcall
@@ -94,20 +97,18 @@ class SipTransport(MediaTransport):
     def pj_dtmf(self, digit: str) -> None:
         with bind_call(self.call_id):
             log.info("dtmf", extra={"digit": digit})
-        if self.on_dtmf is not None:
-            self.on_dtmf(digit)
-        else:
-            self._emit(ev.Dtmf(digit=digit))
+        self.emit(ev.Dtmf(digit=digit))
 
     def pj_ringing(self, early_media: bool) -> None:
-        self._emit(ev.RingingEvent(early_media=early_media))
+        self.emit(ev.RingingEvent(early_media=early_media))
 
     def pj_confirmed(self, sdp: str | None) -> None:
         self.confirmed = True
+        self.last_rx = time.monotonic()
         with bind_call(self.call_id):
             log.info("sip call confirmed", extra={"inbound": self.inbound})
         if not self.inbound:
-            self._emit(ev.Answer(sdp=sdp))
+            self.emit(ev.Answer(sdp=sdp))
 
     def pj_disconnected(self, code: int, reason: str, confirmed: bool) -> None:
         with bind_call(self.call_id):
@@ -115,18 +116,12 @@ class SipTransport(MediaTransport):
         if self.ended:
             return
         if not self.inbound and not confirmed:
-            self._emit(ev.RejectEvent(code=code, reason=reason))
+            self.emit(ev.RejectEvent(code=code, reason=reason))
             self._closed("rejected", "callee")
         elif not confirmed:
             self._closed("canceled", "caller")
         else:
             self._closed("hangup", "caller" if self.inbound else "callee")
-
-    def pj_inactive(self) -> None:
-        if not self.ended:
-            with bind_call(self.call_id):
-                log.info("rtp timeout", extra={"timeout_s": self.inactivity_s})
-            self._closed("inactivity_timeout", "server")
 
     def pj_rtp_source(self, source: str, policy: str) -> None:
         with bind_call(self.call_id):
@@ -140,12 +135,12 @@ class SipTransport(MediaTransport):
         with bind_call(self.call_id):
             log.warning("rtp from an unexpected source dropped", extra={"packets": packets, "accepted": source})
         metrics.inc("rtp_foreign_dropped_total", packets)
-        self._emit(ev.Error(sender="sip", code=403, error=(
+        self.emit(ev.Error(sender="sip", code=403, error=(
             f"dropped {packets} RTP packets from an unexpected source address; "
             f"this call takes media from {source} only")))
 
     def pj_refer_status(self, code: int, reason: str, final: bool) -> None:
-        self._emit(ev.Other(sender="sip", extra={"refer": {"code": code, "reason": reason, "final": final}}))
+        self.emit(ev.Other(sender="sip", extra={"refer": {"code": code, "reason": reason, "final": final}}))
         if final:
             self.refer_pending = False
             self.endpoint.stack.post(self._stop_moh)

@@ -39,10 +39,11 @@ class SessionSink:
 
 
 async def apply_command(session: MediaSession, c: cmd.Command, call_id: str) -> None:
-    """The commands every media session understands, whatever carries its audio."""
+    """The commands every media session understands, whatever carries its audio.
+
+    Whether a command is allowed now is voxray.protocol.rules' call, checked before this.
+    """
     if isinstance(c, cmd.Tts):
-        if not c.text.strip() and not (c.streaming and c.end_of_stream):
-            raise ProtocolError("tts text is empty", 422)
         await session.tts(c)
     elif isinstance(c, cmd.Play):
         await session.play(c)
