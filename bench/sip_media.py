@@ -168,8 +168,8 @@ async def main() -> None:
 
     async def auto_route(t, info, route):  # replaces the webhook: accept at once
         call = core.calls[t.call_id]
-        await endpoint.handle_command(call, cmd.Accept(option=cmd.CallOption(asr=None)))
-    endpoint._route = auto_route
+        await endpoint.incall.handle_command(call, cmd.Accept(option=cmd.CallOption(asr=None)))
+    endpoint.inbound.route = auto_route
 
     rows = []
     try:

@@ -255,7 +255,7 @@ async def child(args: argparse.Namespace) -> None:
 
         async def ring(t, info, route):  # the webhook's job: the agent below sees the call
             pass
-        endpoint._route = ring
+        endpoint.inbound.route = ring
         uas = free_udp_port()
         uas_proc = subprocess.Popen(
             ["timeout", "-s", "KILL", "3600", "sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(uas),

@@ -57,6 +57,7 @@ async def test_music_on_hold_refuses_what_play_refuses(tmp_path):
     from voxray.protocol.options import CallOption
     from voxray.ua_node.node import UaNodeCore
     from voxray.ua_node.sip.endpoint import SipEndpoint
+    from voxray.ua_node.sip.incall import InCallCommands
 
     allowed, other = tmp_path / "media", tmp_path / "secret"
     allowed.mkdir()
@@ -71,6 +72,7 @@ async def test_music_on_hold_refuses_what_play_refuses(tmp_path):
     config = MediaConfig(play_dirs=(str(allowed),))
     endpoint = SipEndpoint(UaNodeCore(FakeModels(), config), SipSettings(enabled=True),
                            asyncio.get_running_loop())
+    incall = InCallCommands(endpoint)
     speaker = Speaker("c", CallOption(codec="pcm"), FakeModels(), Sink(), config, caller_speaking=lambda: False)
 
     async def outcome(load) -> int | np.ndarray:
@@ -86,9 +88,9 @@ async def test_music_on_hold_refuses_what_play_refuses(tmp_path):
              str(allowed / "missing.wav"),                  # no such file: 404
              str(allowed / "notes.txt")]                    # not audio: 415
     for url in cases:
-        moh = await outcome(lambda: endpoint._load_moh(url))
+        moh = await outcome(lambda: incall.load_moh(url))
         play = await outcome(lambda: speaker.play(Play(url=url)))
         assert isinstance(moh, int) and moh == play, (url, moh, play)
-    ok = await endpoint._load_moh(str(allowed / "hold.wav"))
+    ok = await incall.load_moh(str(allowed / "hold.wav"))
     assert ok.size == 3200 and np.abs(ok).max() > 4000  # 200 ms at 16 kHz
     await endpoint.http.aclose()

@@ -3,8 +3,11 @@
 `register(core, config)` starts the SIP stack when `transports.sip.enabled` is set,
 and gives the node a "sip" transport (outbound INVITEs) and the SIP commands
 (accept, reject, ringing, refer). Modules: `config` (settings), `stack` (the pj
-thread), `pjcall` (pjsua2 Account/Call), `media_port` (bridge <-> MediaTransport),
-`transport` (the call's asyncio half), `routing` (webhook and rules), `endpoint`.
+thread), `pjcall` (pjsua2 Account/Call), `lifetime` (when their C++ halves die),
+`media_port` (bridge <-> MediaTransport), `transport` (the call's asyncio half),
+`endpoint` (stack, account, live calls), `accounts`, `inbound` (trust, admission,
+routing), `routing` (webhook and rules), `incall` (the agent's SIP commands),
+`outbound`; `trust`, `rtp_filter`/`rtp_guard` (RTP source policy), `addr`.
 """
 
 from __future__ import annotations
@@ -32,14 +35,21 @@ async def register(core, config: dict | None) -> None:
     import asyncio
 
     from voxray.ua_node.sip.endpoint import SipEndpoint
+    from voxray.ua_node.sip.incall import InCallCommands
+    from voxray.ua_node.sip.inbound import InboundCalls
+    from voxray.ua_node.sip.outbound import OutboundCalls
 
     endpoint = SipEndpoint(core, settings, asyncio.get_running_loop())
+    # The concerns around the endpoint, kept on it for tests and the bench to reach.
+    endpoint.inbound = InboundCalls(endpoint)  # before start: the account takes INVITEs at once
+    endpoint.incall = InCallCommands(endpoint)
+    endpoint.outbound = OutboundCalls(endpoint)
     _endpoint = endpoint
     try:
         await endpoint.start()
     except Exception as exc:
         log.error("sip stack failed to start", extra={"error": repr(exc)})
         return
-    core.register_transport("sip", endpoint.open_outbound)
-    core.register_command_handler("sip", endpoint.handle_command)
+    core.register_transport("sip", endpoint.outbound.open_outbound)
+    core.register_command_handler("sip", endpoint.incall.handle_command)
     core.add_shutdown_hook(endpoint.close)
