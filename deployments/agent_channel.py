@@ -230,7 +230,8 @@ class AgentChannel:
             await asyncio.sleep(0.25)
             if self.option is None:
                 if time.time() - self.start_time > self.handshake_timeout_s:
-                    await self.emit(ev.Error(sender="protocol", error="no invite within the handshake timeout", code=408))
+                    await self.emit(ev.Error(sender="protocol", code=408,
+                                             error="no invite within the handshake timeout"))
                     await self.hangup("handshake_timeout", "server")
                     return
                 continue

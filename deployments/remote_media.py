@@ -38,14 +38,17 @@ class RemoteMedia:
         self._pump = asyncio.get_running_loop().create_task(self._pump_events())
         return None  # the UA node's own `answer` event arrives through the pump
 
+    async def _next_batch(self) -> list[ev.EventBase] | None:
+        """The next events of the call; None once the UA node no longer holds it (or is gone)."""
+        try:
+            return await self.ua.next_events.remote(self.call_id, 10.0)
+        except Exception as exc:
+            log.warning("ua node unreachable", extra={"error": repr(exc)})
+            return None
+
     async def _pump_events(self) -> None:
         while True:
-            try:
-                batch = await self.ua.next_events.remote(self.call_id, 10.0)
-            except Exception as exc:
-                log.warning("ua node unreachable", extra={"error": repr(exc)})
-                await self._channel.hangup("media_lost", "system")
-                return
+            batch = await self._next_batch()
             if batch is None:
                 if not self._closing:
                     await self._channel.hangup("media_lost", "system")

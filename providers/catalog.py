@@ -38,39 +38,59 @@ def _http_kwargs(spec: ProviderSpec) -> dict:
     return kw
 
 
-def build_asr(spec: ProviderSpec) -> AsrProvider:
-    if spec.kind == "whisper":
-        from voxray.providers.whisper_local import WhisperLocal
-
-        p = WhisperLocal(model_path=spec.model_path, cpu_threads=spec.cpu_threads)
-    elif spec.kind == "openai":
-        from voxray.providers.openai_compat import OpenAiAsr
-
-        p = OpenAiAsr(name=spec.name, **_http_kwargs(spec))
-    elif spec.kind == "deepgram":
-        from voxray.providers.deepgram import DeepgramAsr
-
-        p = DeepgramAsr(name=spec.name, **_http_kwargs(spec))
-    else:
-        raise ValueError(f"'{spec.kind}' is not an ASR provider")
+def _build(spec: ProviderSpec, factories: dict, what: str):
+    make = factories.get(spec.kind)
+    if make is None:
+        raise ValueError(f"'{spec.kind}' is not {what} provider")
+    p = make(spec)
     p.name = spec.name
     return p
+
+
+def _whisper(spec: ProviderSpec) -> AsrProvider:
+    from voxray.providers.whisper_local import WhisperLocal
+
+    return WhisperLocal(model_path=spec.model_path, cpu_threads=spec.cpu_threads)
+
+
+def _openai_asr(spec: ProviderSpec) -> AsrProvider:
+    from voxray.providers.openai_compat import OpenAiAsr
+
+    return OpenAiAsr(name=spec.name, **_http_kwargs(spec))
+
+
+def _deepgram_asr(spec: ProviderSpec) -> AsrProvider:
+    from voxray.providers.deepgram import DeepgramAsr
+
+    return DeepgramAsr(name=spec.name, **_http_kwargs(spec))
+
+
+def _piper(spec: ProviderSpec) -> TtsProvider:
+    from voxray.providers.piper_local import PiperLocal
+
+    return PiperLocal(voice_path=spec.model_path)
+
+
+def _openai_tts(spec: ProviderSpec) -> TtsProvider:
+    from voxray.providers.openai_compat import OpenAiTts
+
+    return OpenAiTts(name=spec.name, voice=spec.voice or "alloy", **_http_kwargs(spec))
+
+
+def _deepgram_tts(spec: ProviderSpec) -> TtsProvider:
+    from voxray.providers.deepgram import DeepgramTts
+
+    return DeepgramTts(name=spec.name, **_http_kwargs(spec))
+
+
+# Plugins load their heavy modules only when configured.
+ASR_KINDS = {"whisper": _whisper, "openai": _openai_asr, "deepgram": _deepgram_asr}
+TTS_KINDS = {"piper": _piper, "openai": _openai_tts, "deepgram": _deepgram_tts}
+
+
+def build_asr(spec: ProviderSpec) -> AsrProvider:
+    return _build(spec, ASR_KINDS, "an ASR")
 
 
 def build_tts(spec: ProviderSpec) -> TtsProvider:
-    if spec.kind == "piper":
-        from voxray.providers.piper_local import PiperLocal
-
-        p = PiperLocal(voice_path=spec.model_path)
-    elif spec.kind == "openai":
-        from voxray.providers.openai_compat import OpenAiTts
-
-        p = OpenAiTts(name=spec.name, voice=spec.voice or "alloy", **_http_kwargs(spec))
-    elif spec.kind == "deepgram":
-        from voxray.providers.deepgram import DeepgramTts
-
-        p = DeepgramTts(name=spec.name, **_http_kwargs(spec))
-    else:
-        raise ValueError(f"'{spec.kind}' is not a TTS provider")
-    p.name = spec.name
-    return p
+    return _build(spec, TTS_KINDS, "a TTS")

@@ -14,9 +14,7 @@ SPEAK_RATE = 16000
 
 
 class DeepgramAsr(HttpProvider, AsrProvider):
-    def __init__(self, name: str = "deepgram", endpoint: str = "https://api.deepgram.com",
-                 model: str = "nova-2", **kw) -> None:
-        super().__init__(name, endpoint, model=model, **kw)
+    default_name, default_endpoint, default_model = "deepgram", "https://api.deepgram.com", "nova-2"
 
     async def transcribe(self, pcm16k: np.ndarray, language: str | None = None,
                          creds: CallCredentials | None = None) -> Transcript:
@@ -40,9 +38,7 @@ class DeepgramAsr(HttpProvider, AsrProvider):
 
 
 class DeepgramTts(HttpProvider, TtsProvider):
-    def __init__(self, name: str = "deepgram", endpoint: str = "https://api.deepgram.com",
-                 model: str = "aura-asteria-en", **kw) -> None:
-        super().__init__(name, endpoint, model=model, **kw)
+    default_name, default_endpoint, default_model = "deepgram", "https://api.deepgram.com", "aura-asteria-en"
 
     async def synthesize(self, text: str, speed: float = 1.0, speaker: str | None = None,
                          creds: CallCredentials | None = None) -> AsyncIterator[TtsChunk]:

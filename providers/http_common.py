@@ -26,13 +26,17 @@ def wav_bytes(pcm16k: np.ndarray, rate: int = 16000) -> bytes:
 class HttpProvider:
     """Endpoint, key and timeout, with per-call overrides from the agent."""
 
-    def __init__(self, name: str, endpoint: str, api_key: str | None = None,
+    default_name: str
+    default_endpoint: str
+    default_model: str | None = None
+
+    def __init__(self, name: str | None = None, endpoint: str | None = None, api_key: str | None = None,
                  api_key_env: str | None = None, model: str | None = None, timeout_s: float = 10.0) -> None:
-        self.name = name
-        self.endpoint = endpoint.rstrip("/")
+        self.name = name or self.default_name
+        self.endpoint = (endpoint or self.default_endpoint).rstrip("/")
         self._api_key = api_key
         self._api_key_env = api_key_env
-        self.model = model
+        self.model = model or self.default_model
         self.timeout_s = timeout_s
         self._client: httpx.AsyncClient | None = None
 

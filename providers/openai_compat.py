@@ -18,9 +18,7 @@ OPENAI_PCM_RATE = 24000  # `response_format: pcm` is 24 kHz 16-bit mono
 
 
 class OpenAiAsr(HttpProvider, AsrProvider):
-    def __init__(self, name: str = "openai", endpoint: str = "https://api.openai.com",
-                 model: str = "whisper-1", **kw) -> None:
-        super().__init__(name, endpoint, model=model, **kw)
+    default_name, default_endpoint, default_model = "openai", "https://api.openai.com", "whisper-1"
 
     async def transcribe(self, pcm16k: np.ndarray, language: str | None = None,
                          creds: CallCredentials | None = None) -> Transcript:
@@ -40,9 +38,10 @@ class OpenAiAsr(HttpProvider, AsrProvider):
 
 
 class OpenAiTts(HttpProvider, TtsProvider):
-    def __init__(self, name: str = "openai", endpoint: str = "https://api.openai.com",
-                 model: str = "tts-1", voice: str = "alloy", **kw) -> None:
-        super().__init__(name, endpoint, model=model, **kw)
+    default_name, default_endpoint, default_model = "openai", "https://api.openai.com", "tts-1"
+
+    def __init__(self, voice: str = "alloy", **kw) -> None:
+        super().__init__(**kw)
         self.voice = voice
 
     async def synthesize(self, text: str, speed: float = 1.0, speaker: str | None = None,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import fractions
-import time
 
 import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from voxray.media.pacing import FrameClock
 from voxray.ua_node.webrtc import to_mono16
 
 RATE = 16000
@@ -25,20 +25,15 @@ class SpeechTrack(MediaStreamTrack):
     def __init__(self, pcm: np.ndarray) -> None:
         super().__init__()
         self.pcm = pcm.astype(np.int16)
-        self.pos = 0
-        self.start: float | None = None
+        self.pos: int | None = None
+        self.clock = FrameClock(FRAME / RATE)
         self.done = asyncio.Event()  # set when the speech has been played out
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self.start is None:
-            self.start = time.monotonic()
-        else:
-            delay = self.start + (self.pos + FRAME) / RATE - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            self.pos += FRAME
+        self.pos = 0 if self.pos is None else self.pos + FRAME
+        await self.clock.tick()
         chunk = self.pcm[self.pos:self.pos + FRAME]
         if chunk.size < FRAME:
             self.done.set()

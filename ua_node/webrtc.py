@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import fractions
 import re
-import time
 from typing import Any
 
 import av
@@ -29,6 +28,7 @@ from voxray.logs import get_logger
 from voxray.protocol import events as ev
 from voxray.protocol.errors import ProtocolError
 from voxray.protocol.options import CallOption
+from voxray.media.pacing import FrameClock
 from voxray.media.resample import Resampler
 from voxray.ua_node.node import UaNodeCore
 from voxray.ua_node.transport import FRAME_16K, MediaTransport
@@ -87,22 +87,14 @@ class PlayoutTrack(MediaStreamTrack):
     def __init__(self, transport: MediaTransport) -> None:
         super().__init__()
         self._transport = transport
-        self._start: float | None = None
-        self._pts = 0
+        self._clock = FrameClock(PTIME_S)
+        self._pts: int | None = None
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._pts += FRAME_16K
-            delay = self._start + self._pts / RATE - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -0.2:
-                # Far behind (a stalled loop): re-anchor the clock instead of bursting frames out.
-                self._start -= delay
+        self._pts = 0 if self._pts is None else self._pts + FRAME_16K
+        await self._clock.tick()
         return self._frame(self._transport.next_frame())
 
     def _frame(self, pcm: np.ndarray) -> av.AudioFrame:

@@ -26,7 +26,8 @@ from pydantic import BaseModel, Field
 
 
 class AdmissionSettings(BaseModel):
-    max_calls: int | None = Field(None, ge=1, description="concurrent calls per ingress replica / UA node; None: no cap")
+    max_calls: int | None = Field(None, ge=1,
+                                  description="concurrent calls per ingress replica / UA node; None: no cap")
     asr_latency_s: float | None = Field(
         8.0, gt=0, description="ASR answer time (utterance sent to transcript back) above which the call "
                                "limit shrinks; None: no adaptive limit")

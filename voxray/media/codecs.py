@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fractions
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import numpy as np
 
@@ -46,28 +47,22 @@ class Pcm16(Codec):
         return pcm.astype("<i2", copy=False).tobytes()
 
 
-class Pcmu(Codec):
-    name = "pcmu"
+class G711(Codec):
+    """G.711 at 8 kHz, one byte a sample: table-driven, bit-exact with the ITU reference."""
+
     sample_rate = 8000
     bytes_per_sample = 1
 
-    def decode(self, payload: bytes) -> np.ndarray:
-        return g711.ulaw_decode(payload)
-
-    def encode(self, pcm: np.ndarray) -> bytes:
-        return g711.ulaw_encode(pcm)
-
-
-class Pcma(Codec):
-    name = "pcma"
-    sample_rate = 8000
-    bytes_per_sample = 1
+    def __init__(self, law: str) -> None:
+        self.name = law
+        self._decode = g711.ulaw_decode if law == "pcmu" else g711.alaw_decode
+        self._encode = g711.ulaw_encode if law == "pcmu" else g711.alaw_encode
 
     def decode(self, payload: bytes) -> np.ndarray:
-        return g711.alaw_decode(payload)
+        return self._decode(payload)
 
     def encode(self, pcm: np.ndarray) -> bytes:
-        return g711.alaw_encode(pcm)
+        return self._encode(pcm)
 
 
 class G722(Codec):
@@ -114,7 +109,9 @@ class G722(Codec):
         return b"".join(bytes(p) for p in self._enc.encode(frame))
 
 
-_CODECS: dict[str, type[Codec]] = {c.name: c for c in (Pcm16, Pcmu, Pcma, G722)}
+_CODECS: dict[str, Callable[[], Codec]] = {
+    "pcm": Pcm16, "pcmu": lambda: G711("pcmu"), "pcma": lambda: G711("pcma"), "g722": G722,
+}
 
 
 def make_codec(name: str) -> Codec:

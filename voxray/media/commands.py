@@ -58,8 +58,8 @@ async def apply_command(session: MediaSession, c: cmd.Command, call_id: str) -> 
     elif isinstance(c, (cmd.Mute, cmd.Unmute)):
         on = isinstance(c, cmd.Mute)
         if c.track_id in (None, call_id):
-            session.inbound_muted = on
+            session.listener.muted = on
         if c.track_id is None or c.track_id != call_id:
-            session.outbound_muted = on
+            session.speaker.muted = on
     else:
         raise ProtocolError(f"'{c.command}' is not supported on this call yet", 501)

@@ -10,7 +10,6 @@ import asyncio
 
 from voxray.media.config import MediaConfig, MediaSink
 from voxray.media.listener import Listener
-from voxray.media.playout import Playout
 from voxray.media.services import ModelServices
 from voxray.media.speaker import Speaker
 from voxray.media.vad_segmenter import VadSegmenter
@@ -69,27 +68,7 @@ class MediaSession:
         """Whether any caller audio has arrived."""
         return self.listener.stream_epoch_ms is not None
 
-    @property
-    def inbound_muted(self) -> bool:
-        return self.listener.muted
-
-    @inbound_muted.setter
-    def inbound_muted(self, on: bool) -> None:
-        self.listener.muted = on
-
     # -- the agent -------------------------------------------------------------------
-
-    @property
-    def playout(self) -> Playout:
-        return self.speaker.playout
-
-    @property
-    def outbound_muted(self) -> bool:
-        return self.speaker.muted
-
-    @outbound_muted.setter
-    def outbound_muted(self, on: bool) -> None:
-        self.speaker.muted = on
 
     async def tts(self, cmd: Tts) -> None:
         await self.speaker.tts(cmd)
