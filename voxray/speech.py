@@ -29,12 +29,20 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
 
 
 def piper_speech(text: str, rate: int = 16000) -> np.ndarray:
+    """The same audio for the same text, every time.
+
+    Piper (VITS) adds random noise to each synthesis: with its defaults, "Please transfer
+    me to the billing department" came back from Whisper tiny.en as "Place transfer meet
+    at the billing department" one run in a few, and a test with a word-error bound
+    failed at random. Test, demo and bench callers need speech that repeats.
+    """
     from piper import PiperVoice
+    from piper.config import SynthesisConfig
 
     from voxray.providers.model_paths import piper_voice_path
 
     voice = PiperVoice.load(piper_voice_path())
-    chunks = list(voice.synthesize(text))
+    chunks = list(voice.synthesize(text, syn_config=SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)))
     pcm = np.concatenate([c.audio_int16_array.reshape(-1) for c in chunks])
     return resample(pcm, chunks[0].sample_rate, rate)
 
