@@ -150,7 +150,18 @@ class Stress:
         finally:
             await self.core.end_call(call_id, "stress", "system")
             await self._events_until(call_id, "hangup", 5)
+            # Torn down means pjsua let the call go (BYE answered, slot free), not only "BYE sent".
+            if not await self._sip_released(call_id) and error is None:
+                error = "the pjsua call was not released within 10 s"
         self._done("sip-out", error)
+
+    async def _sip_released(self, call_id: str, timeout_s: float = 10.0) -> bool:
+        from voxray.ua_node import sip as sipmod
+
+        deadline = time.monotonic() + timeout_s
+        while call_id in sipmod._endpoint.live and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return call_id not in sipmod._endpoint.live
 
     async def answer_inbound(self, stop: asyncio.Event) -> None:
         """The agent for sip-in: accept every ringing inbound call, then follow it to its hangup."""

@@ -50,6 +50,8 @@ def voxray_server():
     from tests.sip_env import SIP_ENV  # SIP on free loopback ports, for tests/test_sip.py
 
     config.transports.sip = SIP_ENV.settings()
+    # `play`, `background` and SIP music on hold read local files from here only.
+    config.media.play_dirs = [str(ARTIFACTS / "sip")]
     # Replica kills (test_faults) make a few ASR answers slow on purpose; the latency gate
     # must not turn the next tests' calls away. It is tested in test_admission, and
     # max_calls end to end in test_security.
