@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from voxray.env import forwarded_vars
+
 _embedded = False  # this process started its own Ray (and so takes it down whole)
 
 
@@ -26,9 +28,8 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return
-    env = {"env_vars": {k: os.environ[k] for k in ("RAY_AUTH_MODE", "HF_HUB_OFFLINE", "VOXRAY_LOG_LEVEL",
-                                                    "VOXRAY_WHISPER_MODEL", "VOXRAY_PIPER_VOICE")
-                        if k in os.environ}}
+    env = {"env_vars": {**{k: os.environ[k] for k in ("RAY_AUTH_MODE", "HF_HUB_OFFLINE") if k in os.environ},
+                        **forwarded_vars()}}
     # Fatal signals dump every thread's Python stack from interpreter start, before any
     # voxray code runs (voxray.faults does the same from each actor's __init__).
     env["env_vars"]["PYTHONFAULTHANDLER"] = "1"

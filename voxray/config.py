@@ -1,4 +1,4 @@
-"""voxray's configuration: a JSON/TOML file and VOXRAY_* environment overrides."""
+"""voxray's configuration: a JSON/TOML file, with the VOXRAY_* overrides of voxray.env."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from voxray.admission import AdmissionSettings
+from voxray.env import voxray_env
 from voxray.providers.catalog import ProvidersConfig
-
 from voxray.ua_node.sip.config import SipSettings
 
 
@@ -102,14 +102,15 @@ class VoxrayConfig(BaseModel):
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> "VoxrayConfig":
+        env = voxray_env()
         data: dict = {}
-        path = path or os.environ.get("VOXRAY_CONFIG")
+        path = path or env.config
         if path:
             text = Path(path).read_text()
             data = tomllib.loads(text) if str(path).endswith(".toml") else json.loads(text)
         config = cls.model_validate(data)
-        if "VOXRAY_PORT" in os.environ:
-            config.serve.port = int(os.environ["VOXRAY_PORT"])
-        if "VOXRAY_HOST" in os.environ:
-            config.serve.host = os.environ["VOXRAY_HOST"]
+        if env.port is not None:
+            config.serve.port = env.port
+        if env.host is not None:
+            config.serve.host = env.host
         return config

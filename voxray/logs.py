@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line, with the call id of the current task.
+"""Structured logs: one JSON object per line (python-json-logger), with the call id of the
+current task bound to every line.
 
 The call id lives in a context variable, so every log line written while handling a
 call (including in tasks it spawns and in deployments that bind it) carries it.
@@ -8,40 +9,43 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterator
 
+from pythonjsonlogger.json import JsonFormatter as JsonLogFormatter
+
+from voxray.env import voxray_env
+
 call_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("voxray_call_id", default=None)
 
-_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+class JsonFormatter(JsonLogFormatter):
+    """python-json-logger's formatter with voxray's keys: ts (UTC, ms), level, logger, msg,
+    call_id, then the record's extra fields; `exc` for a traceback."""
 
+    converter = time.gmtime
+    default_time_format = "%Y-%m-%dT%H:%M:%S"
+    default_msec_format = "%s.%03dZ"
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        call_id = getattr(record, "call_id", None) or call_id_var.get()
-        if call_id:
-            out["call_id"] = call_id
-        for key, value in record.__dict__.items():
-            if key not in _RESERVED and key not in out:
-                out[key] = value
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+    def __init__(self) -> None:
+        super().__init__("{asctime}{levelname}{name}{message}", style="{",
+                         rename_fields={"asctime": "ts", "levelname": "level", "name": "logger",
+                                        "message": "msg", "exc_info": "exc"},
+                         json_default=str)
+
+    def process_log_record(self, log_record: dict) -> dict:
+        log_record["level"] = log_record["level"].lower()
+        if log_record.get("call_id") is None:
+            log_record.pop("call_id", None)
+        return log_record
 
 
 class _CallIdFilter(logging.Filter):
+    """Binds the call id of the current task (the context variable) to every record."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "call_id"):
+        if getattr(record, "call_id", None) is None:
             record.call_id = call_id_var.get()
         return True
 
@@ -55,7 +59,7 @@ def configure(level: str | None = None) -> None:
     handler.setFormatter(JsonFormatter())
     handler.addFilter(_CallIdFilter())
     root.addHandler(handler)
-    root.setLevel((level or os.environ.get("VOXRAY_LOG_LEVEL", "INFO")).upper())
+    root.setLevel((level or voxray_env().log_level).upper())
     root.propagate = False
     root._voxray_configured = True  # type: ignore[attr-defined]
 
