@@ -40,7 +40,6 @@ class BridgePort(pj.AudioMediaPort):
         self.moh: LoopedAudio | None = None  # looped instead of the transport's audio while set
         self.frames_in = 0
         self.frames_out = 0
-        self.peak_out = 0
 
     def set_moh(self, pcm16k: np.ndarray | None) -> None:  # pj thread
         self.moh = LoopedAudio(pcm16k) if pcm16k is not None and pcm16k.size else None

@@ -81,14 +81,12 @@ class SipAccount(pj.Account):
         super().__init__()
         self.stack = stack
         self._on_incoming = on_incoming  # (account, OnIncomingCallParam) on the pj thread
-        self.reg_code: int | None = None
         self.reg_active = False
 
     def onIncomingCall(self, prm) -> None:
         self._on_incoming(self, prm)
 
     def onRegState(self, prm) -> None:
-        self.reg_code = prm.code
         info = self.getInfo()
         self.reg_active = bool(info.regIsActive)
         log.info("sip registration", extra={"code": prm.code, "reason": prm.reason,
