@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -69,6 +68,12 @@ class VadOnlyServices:
         yield
 
 
+def free_media_ports() -> int:
+    from bench.ua_stress import free_media_ports as pick
+
+    return pick()
+
+
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -97,7 +102,7 @@ async def run_level(core, endpoint, n: int, sip_port: int, speech: Path, workdir
     scen.write_text(scenario)
     sipp = subprocess.Popen(
         ["timeout", "-s", "KILL", str(int(hold_ms / 1000 + 60)), "sipp", "-sf", str(scen), "-i", "127.0.0.1",
-         "-p", str(free_udp_port()), "-mp", str(random.randrange(40000, 50000, 4)),
+         "-p", str(free_udp_port()), "-mp", str(free_media_ports()),
          "-m", str(n), "-l", str(n), "-r", "20", "-nostdin", "-trace_err", f"127.0.0.1:{sip_port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=workdir)
     try:
@@ -181,7 +186,8 @@ async def main() -> None:
         await core.shutdown()
     cores = psutil.cpu_count(logical=True)
     print(f"\nSIP media path, VAD on, ASR off ({cores} logical cores, {args.window:.0f} s window per level)\n")
-    print("| concurrent calls | CPU (cores) | CPU ms per call-second | calls per core | RTP frames in /call/s | VAD windows /call/s |")
+    print("| concurrent calls | CPU (cores) | CPU ms per call-second | calls per core "
+          "| RTP frames in /call/s | VAD windows /call/s |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['calls']} | {r['cpu_cores']:.2f} | {r['cpu_ms_per_call_s']:.1f} | {r['calls_per_core']} "

@@ -51,6 +51,24 @@ def free_udp_port() -> int:
         return s.getsockname()[1]
 
 
+def free_media_ports() -> int:
+    """A port p where sipp can bind its RTP sockets (p .. p + 3) now."""
+    for _ in range(200):
+        p = random.randrange(40000, 50000, 4)
+        socks = []
+        try:
+            for port in range(p, p + 4):
+                socks.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                socks[-1].bind(("127.0.0.1", port))
+            return p
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no free media port range for sipp")
+
+
 # -- the child: one UA node core, one path ------------------------------------------------------
 
 class Stress:
@@ -195,7 +213,8 @@ class Stress:
         agent = asyncio.get_running_loop().create_task(self.answer_inbound(stop))
         sipp = await asyncio.create_subprocess_exec(
             "timeout", "-s", "KILL", str(60 + n), "sipp", "-sn", "uac", "-i", "127.0.0.1",
-            "-p", str(free_udp_port()), "-m", str(n), "-l", str(limit), "-r", "50", "-d", "200",
+            "-p", str(free_udp_port()), "-mp", str(free_media_ports()),
+            "-m", str(n), "-l", str(limit), "-r", "50", "-d", "200",
             "-nostdin", "-timeout", str(60 + n), *os.environ.get("STRESS_SIPP_ARGS", "").split(),
             f"127.0.0.1:{self.sip_port}",
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -272,7 +291,7 @@ async def child(args: argparse.Namespace) -> None:
         uas = free_udp_port()
         uas_proc = subprocess.Popen(
             ["timeout", "-s", "KILL", "3600", "sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(uas),
-             "-mp", str(random.randrange(40000, 50000, 2)), "-nostdin"],
+             "-mp", str(free_media_ports()), "-nostdin"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         await asyncio.sleep(0.5)
     stress = Stress(core, sip_port, uas)

@@ -26,6 +26,29 @@ def free_udp_port() -> int:
         return s.getsockname()[1]
 
 
+def free_media_ports(lo: int = 40000, hi: int = 50000) -> int:
+    """A port p where sipp can bind its audio (p) and video (p + 2) RTP sockets now.
+
+    sipp exits at once ("Unable to bind ... RTP socket") when either is taken, so a random
+    pick that another peer holds fails a test at random.
+    """
+    for _ in range(200):
+        p = random.randrange(lo, hi, 4)
+        socks = []
+        try:
+            for port in (p, p + 1, p + 2, p + 3):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return p
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free media port range for sipp")
+
+
 def free_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

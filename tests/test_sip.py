@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import queue
-import random
 import re
 import shutil
 import signal
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.sip_env import REGISTRAR_PASSWORD, SIP_ENV, free_udp_port
+from tests.sip_env import REGISTRAR_PASSWORD, SIP_ENV, free_media_ports, free_udp_port
 from tests.test_models import wer
 from tests.wsclient import CallClient
 from voxray.media.codecs import make_codec
@@ -129,7 +128,7 @@ def sipp(scenario: Path, workdir: Path, *args: str, port: int | None = None,
          timeout_s: float = 90, ip: str = "127.0.0.1") -> Peer:
     port = port or free_udp_port()
     cmd = ["sipp", "-sf", str(scenario), "-i", ip, "-p", str(port),
-           "-mp", str(random.randrange(40000, 50000, 4)), "-m", "1", "-nostdin",
+           "-mp", str(free_media_ports()), "-m", "1", "-nostdin",
            "-timeout", f"{int(timeout_s) - 5}s", "-timeout_error", "-trace_msg", "-trace_err",
            "-message_file", str(workdir / f"{scenario.stem}-messages.log"),
            "-error_file", str(workdir / f"{scenario.stem}-errors.log"), *args]

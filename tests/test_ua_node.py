@@ -86,3 +86,21 @@ async def test_silent_peer_is_hung_up_after_inactivity_timeout(core):
     hangup = got[-1]
     assert (hangup["reason"], hangup["initiator"]) == ("inactivity_timeout", "server")
     assert t.closed
+
+
+async def test_a_peer_that_refuses_while_the_call_is_set_up_is_reported_in_order(core):
+    # A callee answering 486 before the INVITE's setup returned: its reject must reach the
+    # agent, then the hangup, and the session the node attached must not be left running.
+    transport = PipeTransport()
+
+    async def factory(cid, opt):
+        transport.emit(ev.RejectEvent(code=486, reason="Busy Here"))
+        transport.peer_closed("rejected", "callee")
+        return transport, None
+
+    core.register_transport("busy", factory)
+    assert (await core.open_call("n3", "busy", {})).ok
+    got = await _events(core, "n3", "hangup", timeout=5)
+    assert [e["event"] for e in got] == ["reject", "hangup"]
+    assert got[0]["code"] == 486 and (got[1]["reason"], got[1]["initiator"]) == ("rejected", "callee")
+    assert transport.closed and core.calls.get("n3") is None or core.calls["n3"].session.closed

@@ -193,6 +193,8 @@ class UaNodeCore:
         call.session.start()
         if call.option.inactivity_timeout:
             call.watchdog = asyncio.get_running_loop().create_task(self._watch_inactivity(call))
+        if transport.closed_early is not None:  # the peer left while the call was being set up
+            asyncio.get_running_loop().create_task(self.end_call(call.call_id, *transport.closed_early))
 
     async def _watch_inactivity(self, call: NodeCall) -> None:
         """The call's one inactivity timer: a peer that stops sending media (gone without a

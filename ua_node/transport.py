@@ -29,6 +29,7 @@ class MediaTransport(ABC):
         self.on_closed: Callable[[str, str], None] | None = None  # (reason, initiator) when the peer ends it
         self._events_to: Callable[[ev.EventBase], None] | None = None
         self._early: list[ev.EventBase] = []  # emitted before the node wired the call
+        self.closed_early: tuple[str, str] | None = None  # the peer left before the node attached
         self._out: collections.deque[np.ndarray] = collections.deque()
         self._out_max = 25  # 500 ms: beyond this the network side stalled; drop the oldest
 
@@ -46,6 +47,19 @@ class MediaTransport(ABC):
         early, self._early = self._early, []
         for event in early:
             events_to(event)
+
+    @property
+    def wired(self) -> bool:
+        return self._events_to is not None
+
+    def peer_closed(self, reason: str, initiator: str) -> None:
+        """The peer ended the call. Before the node attached this transport (a callee that
+        answers 486 while the INVITE is still being placed), it is held for the node, so
+        that the events emitted first (`reject`) reach the agent before the `hangup`."""
+        if self.on_closed is not None:
+            self.on_closed(reason, initiator)
+        else:
+            self.closed_early = (reason, initiator)
 
     def emit(self, event: ev.EventBase) -> None:
         """An event of this call for its agent (held until the node has wired the call)."""

@@ -173,8 +173,7 @@ class WebRtcTransport(MediaTransport):
             return
         self._closing = True
         log.info("peer gone", extra={"why": why})
-        if self.on_closed is not None:
-            self.on_closed("peer_gone", "caller")
+        self.peer_closed("peer_gone", "caller")
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -63,10 +63,10 @@ class SipTransport(MediaTransport):
 
     def _closed(self, reason: str, initiator: str) -> None:
         self.ended = True
-        if self.on_closed is not None:
-            self.on_closed(reason, initiator)
-        else:  # not attached to a media session yet (inbound, before accept)
+        if self.on_closed is None and self.wired:  # a ringing inbound call: no session to attach
             asyncio.get_running_loop().create_task(self.endpoint.core.end_call(self.call_id, reason, initiator))
+        else:
+            self.peer_closed(reason, initiator)
 
     def last_heard(self) -> float:
         # RTP packets, not decoded frames: pjmedia's jitter buffer plays on (PLC) when RTP stops.
