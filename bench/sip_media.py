@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ os.environ.setdefault("VOXRAY_LOG_LEVEL", "WARNING")
 
 from voxray.media.messages import AsrResult, VadBatch, VadBatchResult  # noqa: E402
 from voxray.media.vad_batcher import VadBatcher  # noqa: E402
+from tests.sip_env import free_media_ports, free_udp_port  # noqa: E402
 
 
 class VadOnlyServices:
@@ -66,18 +66,6 @@ class VadOnlyServices:
     async def synthesize(self, req):
         return
         yield
-
-
-def free_media_ports() -> int:
-    from bench.ua_stress import free_media_ports as pick
-
-    return pick()
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_speech(workdir: Path) -> Path:

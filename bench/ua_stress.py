@@ -28,7 +28,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,28 +44,7 @@ SIP_PATHS = ("sip-in", "sip-out")
 CONCURRENCY = 4  # pjsua2-python's compile-time call limit per process
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_media_ports() -> int:
-    """A port p where sipp can bind its RTP sockets (p .. p + 3) now."""
-    for _ in range(200):
-        p = random.randrange(40000, 50000, 4)
-        socks = []
-        try:
-            for port in range(p, p + 4):
-                socks.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-                socks[-1].bind(("127.0.0.1", port))
-            return p
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError("no free media port range for sipp")
+from tests.sip_env import free_media_ports, free_udp_port  # noqa: E402 (after the path set-up)
 
 
 # -- the child: one UA node core, one path ------------------------------------------------------

@@ -23,8 +23,7 @@ log = get_logger("voxray.sip")
 class InCallCommands:
     def __init__(self, ep: SipEndpoint) -> None:
         self.ep = ep
-        mc = ep.core.media_config
-        self.play_policy = AudioSourcePolicy(list(mc.play_dirs), mc.play_cache_dir, mc.play_allow_private_urls)
+        self.play_policy = AudioSourcePolicy.of(ep.core.media_config)
 
     async def handle_command(self, call: NodeCall, c: cmd.Command) -> bool:
         """SIP's own commands; False hands the command on to the media session."""

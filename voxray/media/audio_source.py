@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from voxray.media.config import MediaConfig
 from voxray.protocol.errors import ProtocolError
 
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
@@ -31,6 +32,11 @@ class AudioSourcePolicy:
         self.cache_dir = Path(cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "voxray", "play"))
         self.allow_private_urls = allow_private_urls
         self.timeout_s = timeout_s
+
+    @classmethod
+    def of(cls, config: MediaConfig) -> "AudioSourcePolicy":
+        """The node's policy for `play`, `background` and SIP music on hold."""
+        return cls(list(config.play_dirs), config.play_cache_dir, config.play_allow_private_urls)
 
 
 async def load_audio(url: str, rate: int, policy: AudioSourcePolicy, what: str = "play") -> np.ndarray:

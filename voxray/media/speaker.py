@@ -81,8 +81,7 @@ class Speaker:
         self._bg_cmd: Background | None = None
         self._ssrc = random.getrandbits(32)
         self._tasks: list[asyncio.Task] = []
-        self.play_policy = AudioSourcePolicy(list(config.play_dirs), config.play_cache_dir,
-                                             config.play_allow_private_urls)
+        self.play_policy = AudioSourcePolicy.of(config)
         self.muted = False
 
     # -- lifecycle -------------------------------------------------------------------
