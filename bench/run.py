@@ -1,8 +1,16 @@
 """voxray's bench: end-to-end calls, VAD and ASR throughput, Ray hop overhead.
 
 One command prints every table: the VAD throughput comparison (bench/vad_throughput.py),
-ASR batching gain (bench/asr_throughput.py), the end-to-end table below, and the
-per-hop Ray overhead (bench/ray_hops.py) measured inside the same running app.
+ASR compute and WER with full vs bucketed Whisper windows (bench/asr_windows.py), the
+end-to-end table below, and the per-hop Ray overhead (bench/ray_hops.py) measured
+inside the same running app.
+
+Old and new behaviour side by side: the end-to-end levels and the media-plane CPU
+(bench/media_plane.py) run twice in one Ray, first with the app deployed as voxray
+behaved before "fast turns" (`OLD`: full 30 s Whisper windows, a first-come-first-served
+ASR queue, a fixed end-of-speech silence wait and no speculative transcript, the whole
+reply text synthesized at once, VAD through the VAD deployment in 64 ms chunks with one
+socket read per frame), then redeployed with today's defaults.
 
 End-to-end latency and CPU for voxray's `/call` WebSocket:
 
@@ -57,6 +65,7 @@ TRAIL_S = 0.5  # silence inside the WAV; endless silence frames follow it anyway
 # sample louder than -40 dBFS so that tail does not flatter the latencies.
 SPEECH_END_THRESHOLD = 328
 
+INVITE_OPTION: dict = {"codec": "pcm"}  # what each call asks for (partials at their default interval)
 STAGGER_S = 0.3
 CONNECT_TIMEOUT_S = 10.0
 ANSWER_TIMEOUT_S = 10.0
@@ -74,6 +83,24 @@ DEPLOY_TIMEOUT_S = 420.0
 HOPS_BOUND_S = 600.0  # the hop measurement's share of the watchdog's budget
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+
+# The settings that bring back the behaviour before "fast turns" (each is a real,
+# documented setting; the defaults are the new behaviour).
+OLD_MEDIA_PLANE = {"vad_in_process": False, "vad_batch_window_ms": 0, "ws_receive_max_wait_ms": 0,
+                   "vad_chunk_windows": 2}
+OLD = {
+    "models": {"whisper_bucket_s": 30.0, "whisper_queue": "fifo"},
+    "media": {"speculative_asr": False, "tts_first_clause": False, **OLD_MEDIA_PLANE},
+}
+BEHAVIOURS = ("old", "new")
+
+
+def behaviour_config(base, behaviour: str):
+    """`base` (a VoxrayConfig) as the given behaviour deploys it."""
+    if behaviour == "new":
+        return base
+    update = {section: getattr(base, section).model_copy(update=fields) for section, fields in OLD.items()}
+    return base.model_copy(update=update)
 
 
 # -- caller audio -----------------------------------------------------------------
@@ -243,7 +270,7 @@ async def one_round(url: str, audio: CallerAudio) -> RoundResult:
     try:
         async with websockets.connect(url, max_size=2**22, open_timeout=CONNECT_TIMEOUT_S + Timeouts.slack_s,
                                       close_timeout=CONNECT_TIMEOUT_S) as ws:
-            await ws.send(json.dumps({"command": "invite", "option": {"codec": "pcm"}}))
+            await ws.send(json.dumps({"command": "invite", "option": INVITE_OPTION}))
             await wait_event(ws, "answer", time.monotonic() + ANSWER_TIMEOUT_S + Timeouts.slack_s, result)
             eos: asyncio.Future[float] = asyncio.get_running_loop().create_future()
             streamer = asyncio.create_task(stream_caller(ws, audio, eos))
@@ -355,6 +382,7 @@ def cpu_delta(before: dict[tuple[int, float], float], after: dict[tuple[int, flo
 
 @dataclass
 class LevelResult:
+    behaviour: str
     calls: int
     rounds: int
     utterances: int
@@ -386,7 +414,8 @@ def pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-async def run_level(url: str, audio: CallerAudio, calls: int, rounds: int, seed: int) -> LevelResult:
+async def run_level(url: str, audio: CallerAudio, calls: int, rounds: int, seed: int,
+                    behaviour: str = "new") -> LevelResult:
     rng = random.Random(seed)
     Timeouts.for_level(calls)
     rss0 = await asyncio.to_thread(ray_rss_bytes)
@@ -407,7 +436,7 @@ async def run_level(url: str, audio: CallerAudio, calls: int, rounds: int, seed:
     asr = [r.asr_ms for r in ok]
     tts = [r.tts_ms for r in ok]
     return LevelResult(
-        calls=calls, rounds=rounds, utterances=len(rs), dropped=len(rs) - len(ok),
+        behaviour=behaviour, calls=calls, rounds=rounds, utterances=len(rs), dropped=len(rs) - len(ok),
         asr_p50_ms=pct(asr, 50), asr_p95_ms=pct(asr, 95), tts_p50_ms=pct(tts, 50), tts_p95_ms=pct(tts, 95),
         cpu_pct_per_call=cpu_s / wall / calls * 100,
         mem_mb_per_call=max(0, rss_peak - rss0) / calls / 2**20, ray_rss_mb=rss0 / 2**20, ray_cpu_s=cpu_s, wall_s=wall, ray_processes=len(after),
@@ -484,11 +513,11 @@ def fmt(v: float | None) -> str:
 
 
 def table(levels: list[LevelResult]) -> str:
-    head = (f"{'calls':>5} {'utts':>5} {'dropped':>7} {'asr p50':>8} {'asr p95':>8} "
+    head = (f"{'behaviour':<9} {'calls':>5} {'utts':>5} {'dropped':>7} {'asr p50':>8} {'asr p95':>8} "
             f"{'tts p50':>8} {'tts p95':>8} {'cpu%/call':>9} {'MB/call':>7}")
     lines = [head, "-" * len(head)]
-    for lv in levels:
-        lines.append(f"{lv.calls:>5} {lv.utterances:>5} {lv.dropped:>7} {fmt(lv.asr_p50_ms):>8} "
+    for lv in sorted(levels, key=lambda lv: (lv.calls, BEHAVIOURS.index(lv.behaviour))):
+        lines.append(f"{lv.behaviour:<9} {lv.calls:>5} {lv.utterances:>5} {lv.dropped:>7} {fmt(lv.asr_p50_ms):>8} "
                      f"{fmt(lv.asr_p95_ms):>8} {fmt(lv.tts_p50_ms):>8} {fmt(lv.tts_p95_ms):>8} "
                      f"{lv.cpu_pct_per_call:>9.1f} {lv.mem_mb_per_call:>7.1f}")
     return "\n".join(lines)
@@ -498,7 +527,8 @@ def report(levels: list[LevelResult], audio: CallerAudio, end_silence_ms: int, i
     sample = next((t for lv in levels for t in lv.transcripts if t), None)
     notes = [
         f"voxray bench: {psutil.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"speech {audio.speech_s:.2f} s (Piper), server end-of-speech wait {end_silence_ms} ms",
+        f"speech {audio.speech_s:.2f} s (Piper); old: a fixed {end_silence_ms} ms end-of-speech wait, "
+        "new: read from the pause's transcript (200-1200 ms)",
         "latencies in ms from end of speech (last speech frame sent): asr = asrFinal arrives, "
         "tts = first reply audio frame arrives; cpu = all Ray processes, % of one core per concurrent call; "
         "MB/call = peak Ray RSS growth per concurrent call",
@@ -523,7 +553,7 @@ def report(levels: list[LevelResult], audio: CallerAudio, end_silence_ms: int, i
             extra.append("dropped: " + "; ".join(sorted(set(lv.failures))))
         if lv.errors:
             extra.append("server errors: " + "; ".join(sorted(set(lv.errors))[:5]))
-        notes.append(f"[{lv.calls} calls] " + " | ".join(extra))
+        notes.append(f"[{lv.behaviour}, {lv.calls} calls] " + " | ".join(extra))
     return "\n".join(notes)
 
 
@@ -550,14 +580,26 @@ def write_json(levels: list[LevelResult], audio: CallerAudio, args: argparse.Nam
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--calls", default="1,8,32,64", help="concurrency levels, comma-separated (default 1,8,32,64)")
+    p.add_argument("--calls", default="1,8,32", help="concurrency levels, comma-separated (default 1,8,32)")
+    p.add_argument("--behaviours", default="old,new", help="old, new or both (default old,new)")
     p.add_argument("--rounds", type=int, default=2, help="utterances per call per level (default 2)")
     p.add_argument("--quick", action="store_true",
                    help="levels 1,2 with one round; short VAD/ASR/hop runs (under ~3 minutes)")
     p.add_argument("--no-pipecat", action="store_true", help="leave out the pipecat VAD comparison")
+    p.add_argument("--calls-only", action="store_true", help="only the end-to-end levels (no model or hop tables)")
+    p.add_argument("--media-calls", default="16,32",
+                   help="media-plane CPU levels (noise, no ASR), comma-separated; empty: none (default 16,32)")
+    p.add_argument("--media-seconds", type=float, default=20.0, help="media-plane window per level (default 20)")
     p.add_argument("--seed", type=int, default=1, help="seed of the call-start stagger")
     args = p.parse_args(argv)
     args.calls = [1, 2] if args.quick else [int(c) for c in args.calls.split(",") if c.strip()]
+    args.behaviours = [b for b in BEHAVIOURS if b in args.behaviours.split(",")]
+    args.media_calls = [] if args.calls_only else (
+        [16] if args.quick else [int(c) for c in args.media_calls.split(",") if c.strip()])
+    if args.quick:
+        args.media_seconds = 6.0
+    if not args.behaviours:
+        p.error(f"--behaviours takes {', '.join(BEHAVIOURS)}")
     if args.quick:
         args.rounds = 1
     if not args.calls or min(args.calls) < 1 or args.rounds < 1:
@@ -575,7 +617,8 @@ async def idle_ray_cpu_pct(seconds: float) -> float:
     return cpu_delta(before, ray_cpu_seconds()) / (time.monotonic() - t0) * 100
 
 
-async def measure(url: str, audio: CallerAudio, args: argparse.Namespace) -> tuple[list[LevelResult], float]:
+async def measure(url: str, audio: CallerAudio, args: argparse.Namespace,
+                  behaviour: str) -> tuple[list[LevelResult], float]:
     # One unmeasured call first: the first request to each model pays one-off warm-up costs.
     warm = await one_round(url, audio)
     print(f"bench: warm-up call {'ok' if warm.ok else 'failed: ' + str(warm.failure)}", file=sys.stderr, flush=True)
@@ -583,23 +626,24 @@ async def measure(url: str, audio: CallerAudio, args: argparse.Namespace) -> tup
     levels = []
     for i, n in enumerate(args.calls):
         rounds = 1 if n >= ONE_ROUND_FROM else args.rounds
-        print(f"bench: {n} concurrent call(s) x {rounds} round(s)", file=sys.stderr, flush=True)
-        levels.append(await run_level(url, audio, n, rounds, seed=args.seed + i))
+        print(f"bench: {behaviour}: {n} concurrent call(s) x {rounds} round(s)", file=sys.stderr, flush=True)
+        levels.append(await run_level(url, audio, n, rounds, seed=args.seed + i, behaviour=behaviour))
     return levels, idle
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: find `bench`
-    from bench import asr_throughput, ray_hops, vad_throughput
+    from bench import asr_windows, media_plane, ray_hops, vad_throughput
     from voxray.cluster.local import shutdown
     from voxray.cluster.ray_start import eprint
     from voxray.config import VoxrayConfig
 
     refuse_other_cluster()
     # Model-only benches first, in this process and before Ray is up, so nothing else runs beside them.
-    vad = vad_throughput.run(64, quick=args.quick, pipecat=not args.no_pipecat, log=eprint)
-    asr = asr_throughput.run(8, quick=args.quick, log=eprint)
+    vad = None if args.calls_only else vad_throughput.run(64, quick=args.quick, pipecat=not args.no_pipecat,
+                                                          log=eprint)
+    asr = [] if args.calls_only else asr_windows.run(quick=args.quick, log=eprint)
     audio = make_caller_audio()
     config = VoxrayConfig()
     config.serve.host = "127.0.0.1"  # loopback only, whatever the environment says
@@ -608,35 +652,56 @@ def main(argv: list[str] | None = None) -> None:
     # control would turn those calls away, which bench/soak.py shows instead.
     config.admission.asr_latency_s = None
     url = f"ws://127.0.0.1:{config.serve.port}/call"
-    budget = DEPLOY_TIMEOUT_S + 60 + IDLE_S + HOPS_BOUND_S + sum(
-        round_bound_s(audio, level_slack_s(n)) * args.rounds for n in [1] + args.calls)
+    budget = HOPS_BOUND_S + len(args.behaviours) * (DEPLOY_TIMEOUT_S + 60 + IDLE_S + sum(
+        round_bound_s(audio, level_slack_s(n)) * args.rounds for n in [1] + args.calls) + sum(
+        args.media_seconds + 120 for _ in args.media_calls))
     watchdog = arm_watchdog(budget)
+    levels: list[LevelResult] = []
+    plane: list[tuple[str, object]] = []
     try:
-        start_server(config)
-        levels, idle = asyncio.run(measure(url, audio, args))
-        print("bench: Ray hop overhead", file=sys.stderr, flush=True)
-        hops = asyncio.run(ray_hops.measure(config.serve.app_name, *((30, 5) if args.quick else (200, 20)),
-                                            log=eprint))
+        for behaviour in args.behaviours:
+            print(f"bench: deploying the {behaviour} behaviour", file=sys.stderr, flush=True)
+            start_server(behaviour_config(config, behaviour))
+            found, idle = asyncio.run(measure(url, audio, args, behaviour))
+            levels += found
+            for n in args.media_calls:
+                print(f"bench: {behaviour}: media plane, {n} calls", file=sys.stderr, flush=True)
+                plane.append((behaviour, asyncio.run(media_plane.measure_media_plane(
+                    url, n, args.media_seconds, idle_pct=idle))))
+        hops = None
+        if not args.calls_only:
+            print("bench: Ray hop overhead", file=sys.stderr, flush=True)
+            hops = asyncio.run(ray_hops.measure(config.serve.app_name, *((30, 5) if args.quick else (200, 20)),
+                                                log=eprint))
     finally:
         shutdown()
         watchdog.cancel()
-    print("== VAD throughput (one core each; CPU time) ==")
-    print(vad_throughput.table(vad))
-    print()
-    print("== ASR batching: Whisper tiny.en, utterances/s ==")
-    print(asr_throughput.table(asr))
-    print()
+    if vad is not None:
+        print("== VAD throughput (one core each; CPU time) ==")
+        print(vad_throughput.table(vad))
+        print()
+    if asr:
+        print("== ASR windows: Whisper tiny.en, full 30 s vs bucketed, labelled utterances ==")
+        print(asr_windows.table(asr))
+        print()
     print("== End to end: N concurrent /call calls ==")
     print(report(levels, audio, config.media.end_silence_ms, idle))
-    print()
-    print("== Ray overhead per hop on the audio path (ms; sequential calls) ==")
-    print(ray_hops.table(hops), flush=True)
-    write_json(levels, audio, args, config.serve.port, idle,
-               extra={"vad": [asdict(r) | {"rtf": r.rtf, "streams_per_core": r.streams_per_core}
-                              for r in vad.results],
-                      "vad_ratios": {"batch_vs_single": vad.batch_vs_single, "batch_vs_pipecat": vad.batch_vs_pipecat},
-                      "asr": [asdict(r) | {"utt_per_s": r.utt_per_s} for r in asr],
-                      "hops": [asdict(h) for h in hops.hops]})
+    if plane:
+        print()
+        print("== /call media plane without ASR: line noise, VAD on; % of one core per call (Ray processes) ==")
+        print(media_plane.table(sorted(plane, key=lambda r: (r[1].calls, BEHAVIOURS.index(r[0])))))
+    if hops is not None:
+        print()
+        print("== Ray overhead per hop on the audio path (ms; sequential calls) ==")
+        print(ray_hops.table(hops), flush=True)
+    extra = {"asr": [asdict(r) | {"ms_per_utt": r.ms_per_utt, "utt_per_core_s": r.utt_per_core_s} for r in asr]}
+    if vad is not None:
+        extra |= {"vad": [asdict(r) | {"rtf": r.rtf, "streams_per_core": r.streams_per_core} for r in vad.results],
+                  "vad_ratios": {"batch_vs_single": vad.batch_vs_single, "batch_vs_pipecat": vad.batch_vs_pipecat}}
+    if hops is not None:
+        extra["hops"] = [asdict(h) for h in hops.hops]
+    extra["media_plane"] = [{"behaviour": b, **asdict(r)} for b, r in plane]
+    write_json(levels, audio, args, config.serve.port, idle, extra=extra)
     print(f"(results: {RESULTS})", flush=True)
 
 

@@ -35,7 +35,7 @@ import numpy as np
 SENTENCE = "I would like to book a table for two people tonight at seven."
 RATE = 16000
 WINDOW = 512  # Silero's window at 16 kHz (32 ms)
-CHUNK_WINDOWS = 2  # voxray's default media.vad_chunk_windows: 64 ms per request per call
+CHUNK_WINDOWS = 2  # 64 ms per request per call (media.vad_chunk_windows was 2; it is 3 now)
 PIPECAT_FRAME_BYTES = 640  # 20 ms frames, as a transport delivers them
 PIPECAT_VENV = Path(__file__).resolve().parent / ".pipecat-venv"
 PIPECAT_SPEC = "pipecat-ai"

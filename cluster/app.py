@@ -19,9 +19,7 @@ def build_app(config: VoxrayConfig) -> Application:
     opts = deployment_options(config)
     vad = VadDeployment.options(**opts["vad"]).bind(config.models.silero_vad)
     providers = config.providers.model_dump()
-    asr = AsrDeployment.options(**opts["asr"]).bind(
-        providers, config.models.whisper_model, config.models.whisper_threads
-    )
+    asr = AsrDeployment.options(**opts["asr"]).bind(providers, config.models.model_dump())
     tts = TtsDeployment.options(**opts["tts"]).bind(providers, config.models.piper_voice)
     registry = CallRegistry.bind(config.security.cdr_path)
     return Ingress.options(**opts["ingress"]).bind(
@@ -31,4 +29,5 @@ def build_app(config: VoxrayConfig) -> Application:
         config.security.model_copy(update={"api_tokens": config.security.tokens(), "api_token_env": ""}).model_dump(),
         config.admission.model_dump(),
         UaNodeDirectory(),
+        vad_model=config.models.silero_vad,  # /call sessions run Silero in the ingress (media.vad_in_process)
     )

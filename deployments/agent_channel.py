@@ -29,6 +29,10 @@ from voxray.media.codecs import CodecError
 log = get_logger("voxray.call")
 
 MAX_AUDIO_FRAME_BYTES = 64 * 1024  # 2 s of 16 kHz PCM: far more than any sane frame
+# After these events an agent usually answers (a `tts` for the turn just heard): its
+# command is read at once for this long, not when the next audio chunk is due.
+REPLY_EXPECTED = (ev.AsrFinal, ev.Eou, ev.AsrDelta)
+REPLY_WINDOW_S = 1.5
 DEFAULT_HANDSHAKE_TIMEOUT_S = 60.0
 
 MediaFactory = Callable[["AgentChannel"], CallMedia]
@@ -73,8 +77,21 @@ class AgentChannel:
         self._resumed = asyncio.Event()
         self._detached = asyncio.Event()  # the current socket is done (dropped or call over)
         self._backlog: collections.deque[str] = collections.deque(maxlen=2000)
+        self.reply_expected_until = 0.0  # monotonic time; see REPLY_EXPECTED
+        self.on_reply_expected: Callable[[], None] | None = None  # e.g. read the socket now
 
     # -- output ------------------------------------------------------------------
+
+    def input_due(self) -> float | None:
+        """When (time.monotonic()) the socket should next be read; None: as soon as anything comes.
+
+        Read at once while the agent is likely to answer; otherwise when the media needs
+        its next audio (`/call`), if the media says.
+        """
+        if time.monotonic() < self.reply_expected_until:
+            return None
+        due = getattr(self.media, "audio_due", None)
+        return due() if due else None
 
     async def emit(self, event: ev.EventBase) -> None:
         if isinstance(event, ev.Answer) and not self.answered:
@@ -92,6 +109,10 @@ class AgentChannel:
         elif isinstance(event, ev.Error):
             self.errors += 1
             metrics.inc("errors_total", sender=event.sender)
+        elif isinstance(event, REPLY_EXPECTED):
+            self.reply_expected_until = time.monotonic() + REPLY_WINDOW_S
+            if self.on_reply_expected is not None:
+                self.on_reply_expected()
         text = ev.dump_event(event)
         if self.dump is not None:
             self.dump.record("out", text)

@@ -1,8 +1,9 @@
 """ASR deployment: hosts the ASR providers and transcribes whole utterances.
 
-Utterances for the local Whisper from many calls are batched (`serve.batch`): while
-one model call runs, the next utterances queue and go together in the next one, so
-throughput grows with load. Other providers are called per request.
+Utterances for the local Whisper from many calls are batched (`AsrScheduler`): while
+one model call runs, the next utterances queue and go together in the next one, turn
+ends before partials, so throughput grows with load and a final never waits behind a
+partial. Other providers are called per request.
 """
 
 from __future__ import annotations
@@ -13,28 +14,34 @@ import time
 from ray import serve
 
 from voxray import metrics
-from voxray.deployments.asr_batch import batch_provider, transcribe_batch, transcribe_single
+from voxray.deployments.asr_batch import AsrScheduler, batch_provider, transcribe_batch, transcribe_single
 from voxray.media.messages import AsrRequest, AsrResult
 from voxray.faults import enable_fault_dumps
 from voxray.logs import bind_call, get_logger
+from voxray.config import ModelsConfig
 from voxray.providers.catalog import ProvidersConfig, build_asr
 from voxray.providers.fallback import AsrChain
 
 log = get_logger("voxray.asr")
 
-# 8 x 30 s windows is ~1 GB of encoder activations at most for tiny; the batch
+# 8 x 30 s windows is ~1 GB of encoder activations at most for tiny; the gather
 # wait is short because, under load, requests pile up during the previous batch.
 MAX_BATCH = 8
-BATCH_WAIT_S = 0.02
+GATHER_S = 0.002
+FIFO_GATHER_S = 0.02  # what the first-come-first-served queue (Serve's own batching before) waited
 
 
-def make_asr_chain(providers: ProvidersConfig, default_model: str | None = None,
-                   default_threads: int = 2) -> AsrChain:
+def make_asr_chain(providers: ProvidersConfig, models: ModelsConfig | None = None) -> AsrChain:
+    models = models or ModelsConfig()
     built = []
     for spec in providers.asr:
         if spec.kind == "whisper":
-            spec = spec.model_copy(update={"model_path": spec.model_path or default_model,
-                                           "cpu_threads": default_threads})
+            # The models section fills in what a Whisper provider does not set itself.
+            spec = spec.model_copy(update={
+                "model_path": spec.model_path or models.whisper_model, "cpu_threads": models.whisper_threads,
+                "window_bucket_s": spec.window_bucket_s or models.whisper_bucket_s,
+                "min_window_s": spec.min_window_s or models.whisper_min_window_s,
+            })
         p = build_asr(spec)
         p.load()
         built.append(p)
@@ -43,17 +50,23 @@ def make_asr_chain(providers: ProvidersConfig, default_model: str | None = None,
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
 class AsrDeployment:
-    def __init__(self, providers: dict | None = None, whisper_model: str | None = None,
-                 cpu_threads: int = 2) -> None:
+    def __init__(self, providers: dict | None = None, models: dict | None = None) -> None:
         enable_fault_dumps()
         # The replica reports ready only once every model is in memory.
-        self.chain = make_asr_chain(ProvidersConfig.model_validate(providers or {}), whisper_model, cpu_threads)
+        settings = ModelsConfig.model_validate(models or {})
+        self.chain = make_asr_chain(ProvidersConfig.model_validate(providers or {}), settings)
+        fifo = settings.whisper_queue == "fifo"
+        self.scheduler = AsrScheduler(self._transcribe_many, MAX_BATCH, FIFO_GATHER_S if fifo else GATHER_S,
+                                      prioritize=not fifo)
         log.info("asr providers loaded", extra={"providers": self.chain.names})
 
     async def transcribe(self, req: AsrRequest) -> AsrResult:
         with bind_call(req.call_id):
             if batch_provider(self.chain, req) is not None:
-                result = await self._transcribe_many(req)
+                result = await self.scheduler.submit(req)
+                if result.skipped:
+                    metrics.inc("asr_partials_skipped")
+                    return result
             else:
                 result = await transcribe_single(self.chain, req)
             log.info("transcribed", extra={"provider": result.provider, "audio_s": round(result.audio_s, 3),
@@ -61,7 +74,6 @@ class AsrDeployment:
                                            "batch": result.batch_size})
         return result
 
-    @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S)
     async def _transcribe_many(self, reqs: list[AsrRequest]) -> list[AsrResult]:
         # Requests may name different local Whisper providers: one model call per provider.
         groups: dict[int, list[int]] = {}

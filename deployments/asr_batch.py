@@ -1,4 +1,4 @@
-"""Cross-utterance ASR batching: which requests share one model call, and the fallback.
+"""Cross-utterance ASR batching: which requests share one model call, in what order, and the fallback.
 
 Only the local Whisper batches (one encoder pass over N padded windows); cloud
 providers, agent credentials and over-long utterances take the per-request
@@ -8,6 +8,10 @@ fallback chain. Free of Ray so it is tested with the real model alone.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,3 +60,90 @@ async def transcribe_batch(chain: AsrChain, reqs: list[AsrRequest]) -> list[AsrR
     return [AsrResult(text=t.text, provider=provider.name, language=t.language, audio_s=t.audio_s,
                       compute_s=t.compute_s, batch_size=len(reqs))
             for t in transcripts]
+
+
+@dataclass
+class _Queued:
+    req: AsrRequest
+    future: asyncio.Future
+    seq: int
+    at: float  # monotonic time it arrived
+
+
+class AsrScheduler:
+    """One replica's queue for its batchable provider: finals first, stale partials dropped.
+
+    A model call runs at a time (CTranslate2 already uses every core for one); what
+    arrives meanwhile waits and goes together in the next call, up to `max_batch`
+    requests, finals (turn ends, speculations) before partials. A partial that a newer
+    request of the same call has superseded, or that waited past `partial_max_wait_s`,
+    is answered `skipped` without being decoded: under load the caller's latest audio
+    is what matters, a late partial is no news, and the same audio is never decoded
+    twice. A request whose caller cancelled it (a speculation the
+    caller talked over) leaves the queue unheard.
+    """
+
+    def __init__(self, run: Callable[[list[AsrRequest]], Awaitable[list[AsrResult]]],
+                 max_batch: int = 8, gather_s: float = 0.002, prioritize: bool = True,
+                 partial_max_wait_s: float = 0.5) -> None:
+        self._run = run
+        self.max_batch = max_batch
+        self.gather_s = gather_s  # lets requests sent together by many calls share the first call
+        self.prioritize = prioritize  # False: first come, first served, nothing skipped (the old queue)
+        self.partial_max_wait_s = partial_max_wait_s
+        self._queue: list[_Queued] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task | None = None
+        self.skipped = 0
+
+    async def submit(self, req: AsrRequest) -> AsrResult:
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work(), name="asr-scheduler")
+        item = _Queued(req, asyncio.get_running_loop().create_future(), next(self._seq), time.monotonic())
+        self._queue.append(item)
+        self._wake.set()
+        try:
+            return await item.future
+        finally:
+            if item in self._queue:  # cancelled while waiting: never decode it
+                self._queue.remove(item)
+
+    def take(self) -> list[_Queued]:
+        """The next batch: drop what is stale or cancelled, then finals, then partials, oldest first."""
+        latest: dict[str, int] = {}
+        for q in self._queue:
+            latest[q.req.call_id] = max(latest.get(q.req.call_id, -1), q.seq)
+        keep = []
+        now = time.monotonic()
+        for q in self._queue:
+            if q.future.done():
+                continue
+            stale = latest[q.req.call_id] > q.seq or now - q.at > self.partial_max_wait_s
+            if self.prioritize and q.req.partial and stale:
+                self.skipped += 1
+                q.future.set_result(AsrResult(text="", provider="", skipped=True))
+                continue
+            keep.append(q)
+        keep.sort(key=lambda q: (self.prioritize and q.req.partial, q.seq))
+        batch, self._queue = keep[:self.max_batch], keep[self.max_batch:]
+        return batch
+
+    async def _work(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.gather_s:
+                await asyncio.sleep(self.gather_s)
+            while batch := self.take():
+                try:
+                    results = await self._run([q.req for q in batch])
+                except Exception as exc:  # the batch runner falls back itself; this is a bug
+                    log.exception("asr batch crashed")
+                    for q in batch:
+                        if not q.future.done():
+                            q.future.set_exception(exc)
+                    continue
+                for q, res in zip(batch, results, strict=True):
+                    if not q.future.done():
+                        q.future.set_result(res)

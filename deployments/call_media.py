@@ -64,6 +64,10 @@ class LocalMedia:
     async def feed(self, payload: bytes) -> None:
         self.session.feed(payload)
 
+    def audio_due(self) -> float | None:
+        """When the caller's audio is next needed (see `MediaSession.audio_due`)."""
+        return self.session.audio_due() if self.session else None
+
     async def command(self, c: cmd.Command) -> None:
         await apply_command(self.session, c, self.call_id)
 

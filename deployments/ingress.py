@@ -19,7 +19,9 @@ from voxray.deployments.agent_channel import AgentChannel, iso
 from voxray.deployments.call_dump import CallDump
 from voxray.deployments.call_media import LocalMedia
 from voxray.deployments.console import router as console_router
+from voxray.deployments.local_vad import InProcessVad
 from voxray.deployments.remote_media import RemoteMedia
+from voxray.deployments.ws_receive import pace_serve_receive
 from voxray import metrics
 from voxray.faults import enable_fault_dumps
 from voxray.logs import bind_call, get_logger
@@ -50,7 +52,7 @@ class Ingress:
     def __init__(self, vad, asr, tts, registry, media: dict | None = None,
                  transports: dict | None = None, app_name: str = "voxray",
                  security: dict | None = None, admission: dict | None = None,
-                 ua_nodes: UaNodes | None = None) -> None:
+                 ua_nodes: UaNodes | None = None, vad_model: str | None = None) -> None:
         enable_fault_dumps()
         self.ua_nodes = ua_nodes
         sec = SecuritySettings.model_validate(security or {})
@@ -63,10 +65,13 @@ class Ingress:
         self.guard = TokenGuard(sec.tokens())
         self.resume_grace_s = sec.resume_grace_s
         self.dump_dir = sec.dump_dir
-        self.services = ServeModelServices(vad, asr, tts, on_asr_time=self.admission.observe_asr)
-        self.registry = registry
         self.media_config_dict = media or {}
         self.media_config = MediaConfig(**self.media_config_dict)
+        local_vad = InProcessVad(vad_model) if self.media_config.vad_in_process else None
+        self.services = ServeModelServices(vad, asr, tts, on_asr_time=self.admission.observe_asr,
+                                           vad_window_s=self.media_config.vad_batch_window_ms / 1000,
+                                           vad_infer=local_vad.infer if local_vad else None)
+        self.registry = registry
         self.transports = transports or {}
         self.app_name = app_name
         self.ice_server_list = list(self.transports.get("webrtc", {}).get("ice_servers", []))
@@ -152,7 +157,11 @@ class Ingress:
             return LocalMedia(call_id, self.services, self.media_config,
                               emit=ch.emit, send_audio=ch.send_audio, hangup=ch.request_hangup)
 
-        await self._hold(self._channel(ws, call_id, "/call", local_media))
+        channel = self._channel(ws, call_id, "/call", local_media)
+        # The caller's 20 ms frames come from Serve's proxy one pull per VAD chunk, not one each.
+        paced = pace_serve_receive(ws, self.media_config.ws_receive_max_wait_ms / 1000, due=channel.input_due)
+        channel.on_reply_expected = paced.wake if paced else None
+        await self._hold(channel)
 
     async def _hold(self, call: AgentChannel) -> None:
         self.calls[call.call_id] = call

@@ -23,6 +23,7 @@ class Transcript(BaseModel):
     # seconds of audio and of compute, for metrics
     audio_s: float = 0.0
     compute_s: float = 0.0
+    window_s: float | None = None  # the encoder window a local Whisper used
 
 
 class AsrProvider(ABC):

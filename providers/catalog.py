@@ -18,6 +18,9 @@ class ProviderSpec(BaseModel):
     voice: str | None = None
     model_path: str | None = None  # local models
     cpu_threads: int = 2
+    # Local Whisper encoder windows (None: the models section's settings).
+    window_bucket_s: float | None = Field(None, ge=1.0, le=30.0)
+    min_window_s: float | None = Field(None, ge=1.0, le=30.0)
     timeout_s: float | None = Field(None, description="per attempt; None = no limit (local models)")
 
 
@@ -50,7 +53,9 @@ def _build(spec: ProviderSpec, factories: dict, what: str):
 def _whisper(spec: ProviderSpec) -> AsrProvider:
     from voxray.providers.whisper_local import WhisperLocal
 
-    return WhisperLocal(model_path=spec.model_path, cpu_threads=spec.cpu_threads)
+    windows = {k: v for k, v in (("window_bucket_s", spec.window_bucket_s), ("min_window_s", spec.min_window_s))
+               if v is not None}
+    return WhisperLocal(model_path=spec.model_path, cpu_threads=spec.cpu_threads, **windows)
 
 
 def _openai_asr(spec: ProviderSpec) -> AsrProvider:

@@ -137,7 +137,7 @@ async def test_a_failed_vad_call_is_reported_and_listening_goes_on():
     models = FakeModels()
     models.fail_vad = 1
     listener, sink, _, _ = make(models=models)
-    say(listener, silence(64))  # the failing request
+    say(listener, silence(32 * listener.config.vad_chunk_windows))  # one VAD chunk: the failing request
     await sink.wait("error")
     assert sink.of("error")[0].sender == "vad" and sink.of("error")[0].code == 503
     say(listener, np.concatenate([tone(600), silence(800)]))
@@ -155,3 +155,18 @@ async def test_answering_machine_detection_on_the_first_turn():
     say(listener, np.concatenate([tone(3000), silence(800)]))
     await sink.wait("answerMachineDetection")
     await stop(listener)
+
+
+def test_end_of_turn_bounds_come_from_the_call_and_the_node():
+    from voxray.media.listener import eou_bounds
+
+    config = MediaConfig()
+    b = eou_bounds(CallOption(), config, 480)
+    assert (b.complete_ms, b.unknown_ms, b.incomplete_ms) == (200, 480, 1200)
+    b = eou_bounds(CallOption.model_validate({"eou": {"timeout": 2000, "completeMs": 300}}), config, 600)
+    assert (b.complete_ms, b.unknown_ms, b.incomplete_ms) == (300, 600, 2000)
+    # A pause that reads unfinished waits at least the usual time, whatever a short timeout says.
+    b = eou_bounds(CallOption.model_validate({"eou": {"timeout": 100}}), config, 480)
+    assert (b.complete_ms, b.unknown_ms, b.incomplete_ms) == (200, 480, 480)
+    assert eou_bounds(CallOption.model_validate({"eou": {"type": "silence"}}), config, 480) is None
+    assert eou_bounds(CallOption(), MediaConfig(speculative_asr=False), 480) is None

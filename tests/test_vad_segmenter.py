@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from voxray.media.vad_segmenter import (
-    WINDOW, SegmenterConfig, SpeechEnded, SpeechStarted, VadSegmenter,
+    WINDOW, SegmenterConfig, SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted, VadSegmenter,
 )
 
 
@@ -27,7 +27,7 @@ def test_short_clicks_do_not_start_speech():
 def test_utterance_boundaries_and_padding():
     probs = [0.0] * 5 + [0.9] * 10 + [0.0] * 12
     _, out = run(probs)
-    (i_start, start), (i_end, end) = out
+    (i_start, start), (i_pause, pause), (i_end, end) = out
     assert isinstance(start, SpeechStarted) and start.start_ms == 5 * 32
     assert i_start == 7  # reported once 3 windows (96 ms) of speech were seen
     assert isinstance(end, SpeechEnded) and i_end == 15 + 10 - 1  # 10 silent windows = 320 ms
@@ -36,12 +36,63 @@ def test_utterance_boundaries_and_padding():
     # 2 windows pre-roll (64 ms), the 10 speech windows, 2 windows of tail (64 ms).
     assert tags == [3, 4] + list(range(5, 15)) + [15, 16]
     assert not end.forced
+    # The pause is reported at the first quiet window, with the utterance so far.
+    assert isinstance(pause, SpeechPaused) and i_pause == 15 and pause.end_ms == end.end_ms
+    assert pause.audio[::WINDOW].tolist() == [3, 4] + list(range(5, 16))
+
+
+def test_speech_after_a_pause_voids_it():
+    probs = [0.9] * 5 + [0.0] * 3 + [0.9] * 4 + [0.0] * 10
+    _, out = run(probs)
+    kinds = [type(e) for _, e in out]
+    assert kinds == [SpeechStarted, SpeechPaused, SpeechResumed, SpeechPaused, SpeechEnded]
+    first_pause, last_pause, end = out[1][1], out[3][1], out[4][1]
+    assert first_pause.audio.size < last_pause.audio.size  # the resumed speech is in the turn
+    # The end carries the last pause's audio and the tail of silence after it.
+    assert np.array_equal(end.audio[:last_pause.audio.size], last_pause.audio)
+
+
+def test_a_window_between_the_thresholds_is_a_pause_but_not_silence():
+    seg, out = run([0.9] * 5 + [0.4] * 12)  # 384 ms below 0.5 but above the 0.35 release level
+    assert [type(e) for _, e in out] == [SpeechStarted, SpeechPaused]  # never ends by itself
+    assert seg.speaking and seg.silence_ms == 12 * 32
+    assert [type(e) for e in seg.set_end_silence(300)] == [SpeechEnded]
+
+
+def test_a_shorter_wait_set_in_a_pause_ends_the_turn_at_once_when_already_due():
+    seg, out = run([0.9] * 5 + [0.0] * 5)  # 160 ms of silence, the turn would end at 320
+    assert [type(e) for _, e in out] == [SpeechStarted, SpeechPaused]
+    assert seg.set_end_silence(200) == []  # not yet: 160 < 200
+    window = np.zeros(WINDOW, np.int16)
+    assert [type(e) for e in seg.push(window, 0.0)] == []  # 192 ms
+    ended = seg.push(window, 0.0)  # 224 ms >= 200
+    assert [type(e) for e in ended] == [SpeechEnded] and ended[0].silence_ms == 224
+    # The next turn is back on the configured wait.
+    events = [e for p in [0.9] * 5 + [0.0] * 9 for e in seg.push(window, p)]
+    assert [type(e) for e in events] == [SpeechStarted, SpeechPaused]
+
+
+def test_a_wait_already_passed_ends_the_turn_when_set():
+    seg, out = run([0.9] * 5 + [0.0] * 6)  # 192 ms of silence
+    ended = seg.set_end_silence(100)
+    assert [type(e) for e in ended] == [SpeechEnded] and ended[0].silence_ms == 192
+
+
+def test_a_longer_wait_holds_the_turn_through_a_mid_sentence_pause():
+    seg, out = run([0.9] * 5 + [0.0] * 3)
+    assert seg.set_end_silence(1200) == []
+    window = np.zeros(WINDOW, np.int16)
+    events = [e for _ in range(20) for e in seg.push(window, 0.0)]  # 736 ms in all: past 320
+    assert events == [] and seg.speaking
+    events = [e for p in [0.9] * 3 + [0.0] * 10 for e in seg.push(window, p)]
+    assert [type(e) for e in events] == [SpeechResumed, SpeechPaused, SpeechEnded]  # 320 ms again
 
 
 def test_hysteresis_keeps_speech_through_a_dip():
     probs = [0.9] * 5 + [0.4] * 3 + [0.9] * 5 + [0.0] * 10  # 0.4 is above the 0.35 release level
     _, out = run(probs)
-    assert [type(e) for _, e in out] == [SpeechStarted, SpeechEnded]
+    # One turn: the dip is a pause (its speculation is dropped when speech comes back), not an end.
+    assert [type(e) for _, e in out] == [SpeechStarted, SpeechPaused, SpeechResumed, SpeechPaused, SpeechEnded]
 
 
 def test_max_length_forces_an_end():

@@ -6,6 +6,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -20,14 +21,36 @@ class ModelsConfig(BaseModel):
 
     whisper_model: str | None = Field(None, description="CTranslate2 Whisper folder; default tiny.en")
     whisper_threads: int = 2
+    # Encoder windows: audio padded up to a multiple of this (30: always the full 30 s
+    # window, faster-whisper's own behaviour), and never below the floor.
+    whisper_bucket_s: float = Field(5.0, ge=1.0, le=30.0)
+    whisper_min_window_s: float = Field(10.0, ge=1.0, le=30.0)
+    # "priority": turn ends before partials, stale partials skipped; "fifo": in arrival order.
+    whisper_queue: Literal["priority", "fifo"] = "priority"
     piper_voice: str | None = Field(None, description="Piper .onnx voice; default en_US-joe-medium")
     silero_vad: str | None = None
 
 
 class MediaSettings(BaseModel):
     ptime_ms: int = 20
-    vad_chunk_windows: int = Field(2, ge=1, le=16)
+    # 96 ms per VAD request per call: `/call` reads its socket once per chunk (see
+    # ws_receive_max_wait_ms), and `speaking` needs minSpeechMs (96) of speech anyway.
+    vad_chunk_windows: int = Field(3, ge=1, le=16)
+    # The /call media plane's CPU per call (bench/media_plane.py measures these defaults
+    # beside the old behaviour: vad_in_process false, the two below 0, vad_chunk_windows 2).
+    vad_in_process: bool = Field(True, description="/call: run Silero in the ingress process that holds "
+                                 "the call (false: through the VadDeployment, a Serve handle call per batch)")
+    vad_batch_window_ms: int = Field(20, ge=0, le=100, description="a VAD chunk waits at most this long "
+                                     "for other calls' chunks (0: it leaves at once when no batch is in flight)")
+    ws_receive_max_wait_ms: int = Field(110, ge=0, le=500, description="/call: read the socket from Serve's "
+                                        "proxy once per VAD chunk; a frame or command waits there at most "
+                                        "this long (0: one read per message). Below a chunk and a frame "
+                                        "(vad_chunk_windows x 32 + 20 ms) reads come more often than once per chunk")
     end_silence_ms: int = Field(480, ge=96, le=5000)
+    eou_complete_ms: int = Field(200, ge=0, le=5000)
+    eou_incomplete_ms: int = Field(1200, ge=96, le=10_000)
+    speculative_asr: bool = True
+    tts_first_clause: bool = True
     play_dirs: list[str] = Field(default_factory=list, description="folders `play` may read files from")
     play_cache_dir: str | None = None
     play_allow_private_urls: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import tempfile
@@ -28,6 +29,15 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16), w.getframerate()
 
 
+@functools.cache
+def _piper_voice():
+    from piper import PiperVoice
+
+    from voxray.providers.model_paths import piper_voice_path
+
+    return PiperVoice.load(piper_voice_path())
+
+
 def piper_speech(text: str, rate: int = 16000) -> np.ndarray:
     """The same audio for the same text, every time.
 
@@ -36,12 +46,9 @@ def piper_speech(text: str, rate: int = 16000) -> np.ndarray:
     at the billing department" one run in a few, and a test with a word-error bound
     failed at random. Test, demo and bench callers need speech that repeats.
     """
-    from piper import PiperVoice
     from piper.config import SynthesisConfig
 
-    from voxray.providers.model_paths import piper_voice_path
-
-    voice = PiperVoice.load(piper_voice_path())
+    voice = _piper_voice()
     chunks = list(voice.synthesize(text, syn_config=SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)))
     pcm = np.concatenate([c.audio_int16_array.reshape(-1) for c in chunks])
     return resample(pcm, chunks[0].sample_rate, rate)

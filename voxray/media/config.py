@@ -11,8 +11,15 @@ from voxray.protocol import events as ev
 @dataclass(frozen=True)
 class MediaConfig:
     ptime_ms: int = 20
-    vad_chunk_windows: int = 2  # 64 ms of audio per VAD request per call
-    end_silence_ms: int = 480
+    vad_chunk_windows: int = 3  # 96 ms of audio per VAD request per call
+    vad_in_process: bool = True  # /call: Silero in the ingress process, not through the VadDeployment
+    vad_batch_window_ms: int = 20  # the most a chunk waits for other calls' chunks (0: none)
+    ws_receive_max_wait_ms: int = 110  # /call: the most a message waits in Serve's proxy (0: one read per message)
+    end_silence_ms: int = 480  # silence that ends a turn when its transcript says nothing either way
+    eou_complete_ms: int = 200  # ... when it reads as a finished sentence
+    eou_incomplete_ms: int = 1200  # ... when it stops mid-thought
+    speculative_asr: bool = True  # transcribe a pause before the turn ends (its audio is final by then)
+    tts_first_clause: bool = True  # `tts` of a whole text: synthesize its first clause alone, first
     asr_provider: str | None = None
     tts_provider: str | None = None
     play_dirs: tuple[str, ...] = ()  # folders `play` (and SIP music on hold) may read files from

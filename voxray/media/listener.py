@@ -2,19 +2,24 @@
 
 Each frame is decoded, resampled to 16 kHz (and denoised if asked), re-chunked for
 Silero and sent to the VAD model; the segmenter turns probabilities into turns
-(`speaking`, `silence`); each turn is transcribed (`asrFinal`, `eou`, one at a time
-so indices follow speaking order), partials are decoded while the caller speaks
-(`asrDelta`), the first turn is checked for an answering machine, and caller speech
-over our own audio past the guards is a barge-in, reported to the owner. Every
-model call goes through `ModelServices`.
+(`speaking`, `silence`). When the caller pauses, the pause's audio is already what
+the turn will hold, so it is transcribed at once (a *speculation*): its text says
+how long the pause may last (`end_of_turn`), comes out as `asrDelta`, and becomes the
+`asrFinal` the moment the turn ends; if the caller speaks again it is dropped. Each
+turn's final is emitted in speaking order (`asrFinal`, `eou`); partials are decoded
+while the caller speaks (`asrDelta`), the first turn is checked for an answering
+machine, and caller speech over our own audio past the guards is a barge-in,
+reported to the owner. Every model call goes through `ModelServices`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -22,12 +27,14 @@ from voxray.logs import bind_call, get_logger
 from voxray.media import amd
 from voxray.media.codecs import Codec, make_codec
 from voxray.media.config import MediaConfig, MediaSink, fallback_metrics
-from voxray.media.messages import AsrRequest, CallCredentials, VadChunk
+from voxray.media.end_of_turn import EouBounds, decide
+from voxray.media.messages import AsrRequest, AsrResult, CallCredentials, VadChunk
 from voxray.media.playout import Track
 from voxray.media.resample import Resampler
 from voxray.media.services import ModelServices
 from voxray.media.vad_segmenter import (
-    WINDOW, WINDOW_MS, SegmenterConfig, SpeechEnded, SpeechStarted, VadSegmenter,
+    WINDOW, WINDOW_MS, SegmentEvent, SegmenterConfig, SpeechEnded, SpeechPaused, SpeechResumed,
+    SpeechStarted, VadSegmenter,
 )
 from voxray.protocol import events as ev
 from voxray.protocol.options import CallOption
@@ -45,6 +52,32 @@ def segmenter_config(option: CallOption, config: MediaConfig) -> SegmenterConfig
         silence_padding_ms=vad.silence_padding if vad else 100,
         max_utterance_ms=(vad.max_buffer_duration_secs * 1000 if vad else 50_000),
     )
+
+
+def eou_bounds(option: CallOption, config: MediaConfig, end_silence_ms: int) -> EouBounds | None:
+    """Per-call end-of-turn waits; None: every turn ends after `end_silence_ms` of silence."""
+    eou = option.eou
+    if (eou and eou.type == "silence") or not config.speculative_asr:
+        return None
+    complete = eou.complete_ms if eou and eou.complete_ms is not None else config.eou_complete_ms
+    incomplete = eou.timeout if eou and eou.timeout else config.eou_incomplete_ms
+    incomplete = max(incomplete, end_silence_ms)
+    return EouBounds(min(complete, end_silence_ms), end_silence_ms, incomplete)
+
+
+@dataclass
+class Speculation:
+    """The transcript of a pause, started before anyone knows whether the turn ends there.
+
+    If the caller says nothing more, it is the turn's final: the audio after the pause's
+    first quiet window is silence, and is never decoded again.
+    """
+
+    index: int
+    samples: int  # the audio it transcribes
+    result: asyncio.Future[AsrResult | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    task: asyncio.Task | None = None
+    verdict: str | None = None  # how its text read (end_of_turn), once it is in
 
 
 class Listener:
@@ -67,11 +100,16 @@ class Listener:
 
             self._denoiser = Denoiser()
         self.segmenter = VadSegmenter(segmenter_config(option, config))
+        self.eou = eou_bounds(option, config, self.segmenter.config.end_silence_ms)
+        self._spec: Speculation | None = None
+        self._spec_tasks: set[asyncio.Task] = set()  # every speculation still running, the current one or not
+        self._last_delta = ""
         self._pending16k = np.zeros(0, dtype=np.int16)
+        self._frame16k = 0  # the caller's frame size in 16 kHz samples (0: no audio yet)
         self._vad_queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
         self._vad_state: bytes | None = None
         self._vad_context: bytes | None = None
-        self._asr_queue: asyncio.Queue[tuple[int, SpeechEnded] | None] = asyncio.Queue()
+        self._asr_queue: asyncio.Queue[tuple[int, SpeechEnded, Speculation | None] | None] = asyncio.Queue()
         self._utterance_index = itertools.count()
         self._current_index = -1
         self._finalized_index = -1
@@ -93,7 +131,7 @@ class Listener:
                            asyncio.create_task(self._asr_loop(), name=f"asr-{self.call_id}")]
 
     def pending_tasks(self) -> list[asyncio.Task]:
-        return self._tasks + ([self._partial_task] if self._partial_task else [])
+        return self._tasks + ([self._partial_task] if self._partial_task else []) + list(self._spec_tasks)
 
     def close(self) -> None:
         if self._denoiser is not None:
@@ -112,11 +150,21 @@ class Listener:
         pcm16 = self._to16k.process(pcm)
         if self._denoiser is not None:
             pcm16 = self._denoiser.process(pcm16)
+        self._frame16k = pcm16.size or self._frame16k
         self._pending16k = np.concatenate((self._pending16k, pcm16))
         chunk = WINDOW * self.config.vad_chunk_windows
         while self._pending16k.size >= chunk:
             self._vad_queue.put_nowait(self._pending16k[:chunk])
             self._pending16k = self._pending16k[chunk:]
+
+    def audio_due(self) -> float | None:
+        """When (time.monotonic()) the caller's frame that completes the next VAD chunk should
+        arrive, at the pace frames have come; None before any audio. Transports that read
+        in batches (`/call` through Serve's proxy) read then, not on every frame."""
+        if not self._frame16k:
+            return None
+        missing = WINDOW * self.config.vad_chunk_windows - self._pending16k.size
+        return self.last_audio_in + math.ceil(missing / self._frame16k) * self._frame16k / 16000
 
     def _epoch(self, pos_ms: int) -> int:
         return (self.stream_epoch_ms or int(time.time() * 1000)) + pos_ms
@@ -151,18 +199,79 @@ class Listener:
                 await self._check_barge_in(prob)
             self._maybe_partial()
 
-    async def _on_segment(self, event: SpeechStarted | SpeechEnded) -> None:
+    async def _on_segment(self, event: SegmentEvent) -> None:
         if isinstance(event, SpeechStarted):
             self._current_index = next(self._utterance_index)
             self._utt_start_ms = event.start_ms
             self._partial_at_ms = 0
+            self._last_delta = ""
             self._on_speech()
             await self.sink.emit(ev.Speaking(track_id=self.call_id, start_time=self._epoch(event.start_ms)))
+        elif isinstance(event, SpeechPaused):
+            self._speculate(event)
+        elif isinstance(event, SpeechResumed):
+            self._drop_speculation()
+        else:
+            # Queued before any await: a speculation's task may end a turn while the VAD
+            # loop goes on, and the next turn must not take this one's index or place.
+            index, spec, self._spec = self._current_index, self._spec, None
+            if spec is not None and spec.index != index:
+                self._cancel(spec)
+                spec = None
+            self._asr_queue.put_nowait((index, event, spec))
+            await self.sink.emit(ev.Silence(
+                track_id=self.call_id, start_time=self._epoch(event.end_ms), duration=event.silence_ms,
+            ))
+
+    # -- speculation: a pause's transcript, before the turn ends ----------------------
+
+    def _speculate(self, pause: SpeechPaused) -> None:
+        if self.eou is None:
             return
-        await self.sink.emit(ev.Silence(
-            track_id=self.call_id, start_time=self._epoch(event.end_ms), duration=event.silence_ms,
-        ))
-        self._asr_queue.put_nowait((self._current_index, event))
+        self._drop_speculation()
+        spec = Speculation(index=self._current_index, samples=pause.audio.size)
+        spec.task = asyncio.create_task(self._run_speculation(spec, pause.audio), name=f"spec-{self.call_id}")
+        self._spec_tasks.add(spec.task)
+        spec.task.add_done_callback(self._spec_tasks.discard)
+        # Cancelled before it ran, the task never resolves the result: a final waiting on it must not hang.
+        spec.task.add_done_callback(lambda _: spec.result.done() or spec.result.set_result(None))
+        self._spec = spec
+
+    def _drop_speculation(self) -> None:
+        if self._spec is not None:
+            log.debug("speculation dropped: the caller went on", extra={"index": self._spec.index})
+            self._cancel(self._spec)
+            self._spec = None
+
+    @staticmethod
+    def _cancel(spec: Speculation) -> None:
+        # Cancelling the handle call takes a queued request out of the ASR replica's queue.
+        if spec.task is not None and not spec.result.done():
+            spec.task.cancel()
+
+    async def _run_speculation(self, spec: Speculation, audio: np.ndarray) -> None:
+        result: AsrResult | None = None
+        try:
+            result = await self.services.transcribe(self._asr_request(audio))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.info("speculative asr failed; the turn's end decodes again", extra={"error": repr(exc)})
+        finally:
+            if not spec.result.done():
+                spec.result.set_result(result)
+        if result is None or self._spec is not spec:
+            return  # the turn already ended (the final takes the result) or the caller went on
+        text = result.text.strip()
+        decision = decide(text, self.eou)
+        spec.verdict = decision.verdict
+        log.debug("end of turn", extra={"verdict": decision.verdict, "wait_ms": decision.wait_ms,
+                                        "silence_ms": self.segmenter.silence_ms})
+        if text:
+            await self._delta(spec.index, text)
+        if self._spec is spec:
+            for event in self.segmenter.set_end_silence(decision.wait_ms):
+                await self._on_segment(event)
 
     # -- barge-in --------------------------------------------------------------------
 
@@ -186,10 +295,10 @@ class Listener:
 
     # -- transcripts -----------------------------------------------------------------
 
-    def _asr_request(self, pcm: np.ndarray) -> AsrRequest:
+    def _asr_request(self, pcm: np.ndarray, partial: bool = False) -> AsrRequest:
         asr = self.option.asr
         return AsrRequest(
-            call_id=self.call_id, pcm=pcm.astype("<i2").tobytes(),
+            call_id=self.call_id, pcm=pcm.astype("<i2").tobytes(), partial=partial,
             language=asr.language if asr else None,
             provider=(asr.provider if asr and asr.provider else self.config.asr_provider),
             creds=CallCredentials(endpoint=asr.endpoint, secret_key=asr.secret_key,
@@ -198,8 +307,8 @@ class Listener:
 
     def _maybe_partial(self) -> None:
         interval = self.option.asr.partial_interval_ms if self.option.asr else 1000
-        if not interval or not self.segmenter.speaking:
-            return
+        if not interval or not self.segmenter.speaking or self._spec is not None:
+            return  # a pause's speculation is already transcribing all there is
         if self._partial_task is not None and not self._partial_task.done():
             return  # one partial decode at a time: skip rather than queue
         now_ms = self.segmenter.utterance_ms
@@ -211,12 +320,17 @@ class Listener:
 
     async def _partial(self, index: int, audio: np.ndarray) -> None:
         try:
-            result = await self.services.transcribe(self._asr_request(audio))
+            result = await self.services.transcribe(self._asr_request(audio, partial=True))
         except Exception as exc:
             log.info("partial asr failed", extra={"error": repr(exc)})
             return
-        text = result.text.strip()
-        if text and index > self._finalized_index:  # never after its final
+        if not result.skipped and result.text.strip():
+            await self._delta(index, result.text.strip())
+
+    async def _delta(self, index: int, text: str) -> None:
+        # Never after its final, never the same text twice.
+        if index > self._finalized_index and index == self._current_index and text != self._last_delta:
+            self._last_delta = text
             await self.sink.emit(ev.AsrDelta(
                 track_id=self.call_id, index=index, text=text,
                 start_time=self._epoch(self._utt_start_ms), end_time=int(time.time() * 1000),
@@ -228,10 +342,12 @@ class Listener:
             item = await self._asr_queue.get()
             if item is None:
                 return
-            index, utt = item
+            index, utt, spec = item
             t0 = time.perf_counter()
+            result = await spec.result if spec is not None else None
             try:
-                result = await self.services.transcribe(self._asr_request(utt.audio))
+                if result is None:  # no speculation, or it failed: the final decodes now
+                    result = await self.services.transcribe(self._asr_request(utt.audio))
             except Exception as exc:
                 log.warning("asr failed", extra={"error": repr(exc)})
                 await self.sink.emit(ev.Error(sender="asr", error=f"asr failed: {exc}", code=503))
@@ -247,13 +363,18 @@ class Listener:
             text = result.text.strip()
             if not text:
                 continue  # noise that passed VAD: nothing was said
-            await self._final(index, utt, text)
+            await self._final(index, utt, text, spec)
 
-    async def _final(self, index: int, utt: SpeechEnded, text: str) -> None:
+    async def _final(self, index: int, utt: SpeechEnded, text: str, spec: Speculation | None) -> None:
         start, end = self._epoch(utt.start_ms), self._epoch(utt.end_ms)
         await self.sink.emit(ev.AsrFinal(track_id=self.call_id, index=index,
                                          start_time=start, end_time=end, text=text))
-        await self.sink.emit(ev.Eou(track_id=self.call_id, completed=not utt.forced))
+        if utt.forced:
+            reason = "maxLength"
+        else:  # a turn that ended before its speculation was read waited the usual time
+            reason = (spec.verdict if spec else None) or ("unknown" if self.eou else "silence")
+        await self.sink.emit(ev.Eou(track_id=self.call_id, completed=not utt.forced, reason=reason,
+                                    silence_ms=utt.silence_ms))
         if not self._amd_done:
             self._amd_done = True
             verdict = amd.classify(utt.end_ms - utt.start_ms, text)

@@ -44,6 +44,8 @@ class AsrRequest(BaseModel):
     language: str | None = None
     provider: str | None = None
     creds: CallCredentials | None = None
+    # A partial may wait behind finals and be dropped for a newer one from the same call.
+    partial: bool = False
 
 
 class AsrResult(BaseModel):
@@ -54,6 +56,7 @@ class AsrResult(BaseModel):
     compute_s: float = 0.0
     failures: list[str] = Field(default_factory=list)  # providers that failed before this one
     batch_size: int = 1  # utterances transcribed in the same model call (ASR batching)
+    skipped: bool = False  # a partial dropped unheard: a newer request of the same call superseded it
 
 
 class TtsRequest(BaseModel):

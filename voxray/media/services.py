@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from voxray.logs import get_logger
@@ -38,17 +38,20 @@ def _replica_failures() -> tuple[type[BaseException], ...]:
 
 
 class ServeModelServices:
-    """Model calls through Serve handles, retried while a failed replica is replaced."""
+    """Model calls through Serve handles, retried while a failed replica is replaced
+    (VAD may instead run in this process: `vad_infer`)."""
 
     def __init__(self, vad_handle, asr_handle, tts_handle, retry_for_s: float = 30.0,
-                 on_asr_time: Callable[[float], None] | None = None) -> None:
+                 on_asr_time: Callable[[float], None] | None = None, vad_window_s: float = 0.0,
+                 vad_infer: Callable[[VadBatch], Awaitable[VadBatchResult]] | None = None) -> None:
         self._asr = asr_handle
         self.on_asr_time = on_asr_time  # admission control watches how long ASR takes to answer
         self._tts = tts_handle
         self._vad = vad_handle
         self.retry_for_s = retry_for_s
         self._retryable = _replica_failures()
-        self.vad_batcher = VadBatcher(self._vad_infer)
+        # vad_infer: the model in this process (the ingress's /call sessions), else the VadDeployment.
+        self.vad_batcher = VadBatcher(vad_infer or self._vad_infer, window_s=vad_window_s)
 
     async def _retrying(self, what: str, call, failures: list[str]):
         deadline = time.monotonic() + self.retry_for_s

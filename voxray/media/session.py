@@ -55,6 +55,10 @@ class MediaSession:
         """One encoded frame from the caller."""
         self.listener.feed(payload)
 
+    def audio_due(self) -> float | None:
+        """When (time.monotonic()) the caller's frame completing the next VAD chunk should arrive."""
+        return self.listener.audio_due()
+
     @property
     def segmenter(self) -> VadSegmenter:
         return self.listener.segmenter

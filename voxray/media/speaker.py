@@ -29,7 +29,7 @@ from voxray.media.mixer import LoopedAudio
 from voxray.media.playout import Playout, Track
 from voxray.media.resample import resample
 from voxray.media.services import ModelServices
-from voxray.media.text_chunker import TextChunker
+from voxray.media.text_chunker import TextChunker, split_first_clause
 from voxray.protocol import events as ev
 from voxray.protocol.commands import Background, Play, Tts
 from voxray.protocol.errors import ProtocolError
@@ -45,6 +45,7 @@ class TrackFeed:
     track: Track
     streaming: bool
     created: float = field(default_factory=time.perf_counter)
+    first_clause: bool = True  # a whole text's first clause is synthesized on its own
     chunker: TextChunker = field(default_factory=TextChunker)
     pieces: asyncio.Queue = field(default_factory=asyncio.Queue)
     open: bool = True
@@ -52,7 +53,11 @@ class TrackFeed:
 
     def push(self, text: str) -> None:
         self.track.text = (self.track.text + text) if self.streaming else text
-        for piece in (self.chunker.push(text) if self.streaming else [text]):
+        if self.streaming:
+            pieces = self.chunker.push(text)
+        else:
+            pieces = split_first_clause(text) if self.first_clause else [text]
+        for piece in pieces:
             self.pieces.put_nowait(piece)
 
     def close(self) -> None:
@@ -141,7 +146,7 @@ class Speaker:
                 return
         await self._prepare_track(cmd.play_id)
         track = self._new_track(cmd.play_id, cmd.auto_hangup, cmd.wait_input_timeout)
-        feed = TrackFeed(track, streaming=cmd.streaming)
+        feed = TrackFeed(track, streaming=cmd.streaming, first_clause=self.config.tts_first_clause)
         feed.push(cmd.text)
         if not cmd.streaming or cmd.end_of_stream:
             feed.close()

@@ -1,7 +1,9 @@
-"""Cuts streamed LLM tokens into speakable pieces. Pure logic, no I/O.
+"""Cuts text into speakable pieces. Pure logic, no I/O.
 
-The first piece is cut early (at a clause) so speech starts while the model is
-still writing; later pieces are whole sentences, which sound more natural.
+Streamed LLM tokens: the first piece is cut early (at a clause) so speech starts
+while the model is still writing; later pieces are whole sentences, which sound more
+natural. A whole text (`split_first_clause`): its first clause is synthesized alone,
+so the caller hears it while the rest is synthesized.
 """
 
 from __future__ import annotations
@@ -55,3 +57,20 @@ class TextChunker:
             return None
         self._emitted += 1
         return piece
+
+
+def split_first_clause(text: str, max_first_chars: int = 120) -> list[str]:
+    """The first clause or sentence, then the rest in one piece (the TTS pipelines its sentences).
+
+    A first clause longer than `max_first_chars` is not worth a piece of its own: it
+    takes about as long to synthesize as the sentence around it.
+    """
+    text = text.strip()
+    ends = [m.end() for m in (_SENTENCE_END.search(text), _CLAUSE_END.search(text)) if m]
+    if not ends:
+        return [text] if text else []
+    cut = min(ends)
+    first, rest = text[:cut].strip(), text[cut:].strip()
+    if not rest or cut > max_first_chars:
+        return [text]
+    return [first, rest]

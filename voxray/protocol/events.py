@@ -75,6 +75,10 @@ class Silence(EventBase):
 class Eou(EventBase):
     event: Literal["eou"] = "eou"
     completed: bool = True
+    # ext: how the end was decided: "complete", "incomplete" or "unknown" (the pause's
+    # transcript read that way), "silence" (a fixed wait), "maxLength" (the length cap).
+    reason: str | None = None
+    silence_ms: int | None = None  # the silence that ended the turn
 
 
 class AsrDelta(EventBase):

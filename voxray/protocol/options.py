@@ -68,11 +68,15 @@ class SynthesisOption(WireModel):
 
 
 class EouOption(WireModel):
+    # None or "transcript": a pause's transcript sets how long it may last (end_of_turn.py);
+    # "silence": every turn ends after the same silence.
     type: str | None = None
     endpoint: str | None = None
     secret_key: str | None = None
     secret_id: str | None = None
-    timeout: int | None = None
+    timeout: int | None = Field(None, ge=0, le=10_000, description="ms: the longest pause before a turn ends")
+    # ext: silence that ends a turn whose transcript reads as a finished sentence.
+    complete_ms: int | None = Field(None, ge=0, le=10_000)
 
 
 class MediaPassOption(WireModel):
