@@ -75,7 +75,9 @@ class AsrScheduler:
 
     A model call runs at a time (CTranslate2 already uses every core for one); what
     arrives meanwhile waits and goes together in the next call, up to `max_batch`
-    requests, finals (turn ends, speculations) before partials. A partial that a newer
+    requests, finals (turn ends, speculations) before partials, and partials one at a time
+    and never with finals: a batch of partials would hold the model as long as a batch of
+    finals while finals arrive. A partial that a newer
     request of the same call has superseded, or that waited past `partial_max_wait_s`,
     is answered `skipped` without being decoded: under load the caller's latest audio
     is what matters, a late partial is no news, and the same audio is never decoded
@@ -85,12 +87,13 @@ class AsrScheduler:
 
     def __init__(self, run: Callable[[list[AsrRequest]], Awaitable[list[AsrResult]]],
                  max_batch: int = 8, gather_s: float = 0.002, prioritize: bool = True,
-                 partial_max_wait_s: float = 0.5) -> None:
+                 partial_max_wait_s: float = 0.5, max_partials: int = 1) -> None:
         self._run = run
         self.max_batch = max_batch
         self.gather_s = gather_s  # lets requests sent together by many calls share the first call
         self.prioritize = prioritize  # False: first come, first served, nothing skipped (the old queue)
         self.partial_max_wait_s = partial_max_wait_s
+        self.max_partials = max_partials  # partials in one model call (when no final waits)
         self._queue: list[_Queued] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
@@ -126,7 +129,13 @@ class AsrScheduler:
                 continue
             keep.append(q)
         keep.sort(key=lambda q: (self.prioritize and q.req.partial, q.seq))
-        batch, self._queue = keep[:self.max_batch], keep[self.max_batch:]
+        size = self.max_batch
+        if self.prioritize and keep and keep[0].req.partial:
+            # Only partials wait: take few, so a turn's end arriving now waits little for the model.
+            size = self.max_partials
+        elif self.prioritize:
+            size = min(size, sum(not q.req.partial for q in keep))  # finals go without partials
+        batch, self._queue = keep[:size], keep[size:]
         return batch
 
     async def _work(self) -> None:

@@ -165,7 +165,8 @@ async def test_finals_go_first_and_stale_partials_are_skipped():
     tasks = [asyncio.create_task(sched.submit(r)) for r in reqs]
     await asyncio.sleep(0)
     results = await asyncio.gather(first, *tasks)
-    assert rec.batches == [["c:f"], ["c:f", "a:p"], ["b:p"]]
+    # Finals alone, then partials one per model call.
+    assert rec.batches == [["c:f"], ["c:f"], ["a:p"], ["b:p"]]
     assert results[1].skipped and not results[2].skipped and sched.skipped == 1
 
 

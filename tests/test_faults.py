@@ -52,14 +52,14 @@ async def _speak(client: CallClient, speech16k: np.ndarray) -> None:
                                         np.zeros(16000, np.int16)]).tobytes(), 640)
 
 
-@pytest.mark.parametrize("deployment", ["AsrDeployment", "VadDeployment"])
-async def test_call_survives_a_killed_model_replica(voxray_server, speech16k, deployment):
+async def test_call_survives_a_killed_asr_replica(voxray_server, speech16k):
+    deployment = "AsrDeployment"
     client = await _invite(voxray_server)
     try:
         sender = asyncio.create_task(_speak(client, speech16k))
-        # ASR: kill as the utterance ends (its request is in flight or about to be);
-        # VAD: kill while the caller is talking.
-        await client.wait_for("silence" if deployment == "AsrDeployment" else "speaking", timeout=30)
+        # Kill while the caller talks: the turn's transcript (sent at the first pause,
+        # before `silence`) and the partials meet a dead replica and are retried.
+        await client.wait_for("speaking", timeout=30)
         killed = await asyncio.to_thread(_kill_replica, deployment)
         await sender
         # Keep the line open while the replica is replaced.
@@ -76,6 +76,29 @@ async def test_call_survives_a_killed_model_replica(voxray_server, speech16k, de
     finally:
         await client.close()
         await _healthy(deployment)
+
+
+async def test_webrtc_call_survives_a_killed_vad_replica(voxray_server, speech16k):
+    """UA-node sessions (WebRTC, SIP) run VAD on the VadDeployment (`/call` runs Silero in the
+    ingress): a replica killed while the caller talks is retried until its successor answers."""
+    from tests.rtcpeer import RtcPeer
+
+    peer = RtcPeer(np.concatenate([np.zeros(8000, np.int16), speech16k]))  # then silence, for ever
+    client = await CallClient.connect(f"ws://{voxray_server}/call/webrtc")
+    try:
+        await client.send({"command": "invite", "option": {"caller": "rtc-fault", "offer": await peer.offer()}})
+        await peer.accept((await client.wait_for("answer", timeout=60))["sdp"])
+        await client.wait_for("speaking", timeout=60)
+        killed = await asyncio.to_thread(_kill_replica, "VadDeployment")
+        final = await client.wait_for("asrFinal", timeout=90)
+        assert wer(SENTENCE, final["text"]) <= 0.5, (killed, final["text"])
+        n = len(client.events)
+        await client.send({"command": "tts", "text": "Still here.", "playId": "after"})
+        await client.wait_for("trackEnd", after=n, playId="after", timeout=60)
+    finally:
+        await client.close()
+        await peer.close()
+        await _healthy("VadDeployment")
 
 
 async def test_tts_replica_killed_then_tts_retries(voxray_server):

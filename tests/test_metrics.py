@@ -43,3 +43,17 @@ async def test_call_metrics_reach_prometheus_export(voxray_server):
     # Ray prefixes exported names with `ray_`.
     errors = [line for line in text.splitlines() if line.startswith("ray_voxray_errors_total")]
     assert any('sender="protocol"' in line for line in errors), errors
+
+
+def test_every_metric_the_code_records_is_declared():
+    """A name missing from the registry raises KeyError where it is recorded (found once in ASR)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    declared = set(re.findall(r'"(\w+)": (?:Gauge|Counter|Histogram)\(', (root / "voxray/metrics.py").read_text()))
+    used = set()
+    for folder in ("voxray", "deployments", "providers", "ua_node", "cluster"):
+        for path in (root / folder).rglob("*.py"):
+            used |= set(re.findall(r'metrics\.(?:inc|observe|set_gauge)\(\s*f?"(\w+)"', path.read_text()))
+    assert used and used <= declared, sorted(used - declared)

@@ -43,6 +43,8 @@ def _registry():
         "asr_batch": Histogram("voxray_asr_batch_utterances", "utterances per Whisper model call",
                                boundaries=[1, 2, 4, 8]),
         "asr_batch_ms": Histogram("voxray_asr_batch_compute_ms", "Whisper time per batch", boundaries=_MS_BUCKETS),
+        "asr_partials_skipped": Counter("voxray_asr_partials_skipped_total",
+                                        "partial transcripts dropped undecoded (superseded or too late)"),
         "vad_ms": Histogram("voxray_vad_compute_ms", "VAD model time per batch", boundaries=[1, 2, 5, 10, 20, 50]),
     }
 
