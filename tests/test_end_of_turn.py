@@ -8,7 +8,7 @@ from voxray.media.end_of_turn import EouBounds, classify, decide
 
 
 @pytest.mark.parametrize("text", [
-    "I want to cancel my subscription.", "Can you hear me?", "Yes.", "Thank you, goodbye!",
+    "I want to cancel my subscription.", "Can you hear me?", "Thank you, goodbye!",
     "Who am I speaking with?", "Yes, I do.", "I like that.", "Turn it on.",
 ])
 def test_finished_sentences(text):
@@ -23,7 +23,7 @@ def test_thoughts_cut_short(text):
     assert classify(text) == "incomplete"
 
 
-@pytest.mark.parametrize("text", ["", "Hello there", "okay", "Seven thirty"])
+@pytest.mark.parametrize("text", ["", "Hello there", "okay", "Seven thirty", "Hello?", "Yes.", "Thank you."])
 def test_neither(text):
     assert classify(text) == "unknown"
 

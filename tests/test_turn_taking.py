@@ -128,3 +128,14 @@ async def test_speech_after_a_pause_drops_its_speculation(real):
     assert len(full) == 2 and full[0] < full[1], services.asked
     # The dropped one never became a final, and the final took the last speculation as it was.
     assert final.index == 0 and len(eous(rec)) == 1
+
+
+async def test_a_greeting_the_caller_goes_on_from_is_not_a_turn(real):
+    """Whisper writes "Hello?" for a "Hello," the caller goes on from: a word or two never ends a turn early."""
+    from voxray.speech import espeak_speech
+
+    rest = "I need help with my account."
+    audio = np.concatenate([silence(300), espeak_speech("Hello,"), silence(350), espeak_speech(rest), silence(1500)])
+    rec, _ = await call(real, audio)
+    assert len(finals(rec)) == 1, [f.text for f in finals(rec)]
+    assert wer(f"Hello, {rest}", finals(rec)[0].text) <= 0.3, finals(rec)[0].text

@@ -1,11 +1,12 @@
 """When has the caller finished their turn? Pure logic on the transcript of a pause.
 
-A fixed silence wait is either too slow for "Yes." or too quick for "I would like
-to ... book a table". Once the caller pauses, the speculative transcript of what
-they said so far is read: a sentence that ends (a full stop, a question) ends the
-turn after the shortest wait; one that stops mid-thought (a trailing "and", "to", a
-filler, a comma) waits the longest; anything else waits the usual time. All three
-are per-call bounds (`option.eou`).
+A fixed silence wait is either too slow for "I want to cancel my subscription." or
+too quick for "I would like to ... book a table". Once the caller pauses, the
+speculative transcript of what they said so far is read: a sentence that ends (a full
+stop, a question, three words or more) ends the turn after the shortest wait; one that
+stops mid-thought (a trailing "and", "to", a filler, a comma) waits the longest;
+anything else (a word or two: "Hello?" may go on) waits the usual time. All three are
+per-call bounds (`option.eou`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ my your our their his her its some any every i we they he she it's i'm we're you
 um uh er erm hmm mm uhm ah plus just very really
 """.split())
 _TRAILING_OFF = ("...", "…", ",", "-", "—", ";", ":")
+# Whisper writes "Hello?" for "Hello," before the caller goes on ("..., I need help"):
+# one or two words are too little to call a sentence finished.
+MIN_COMPLETE_WORDS = 3
 _WORD = re.compile(r"[a-z']+")
 
 
@@ -55,12 +59,12 @@ def classify(text: str) -> Verdict:
         return "unknown"
     if text.endswith(_TRAILING_OFF):
         return "incomplete"
-    if text.endswith("?"):  # "Who am I speaking with?" is finished
-        return "complete"
     words = _WORD.findall(text.lower())
+    if text.endswith("?") and len(words) >= MIN_COMPLETE_WORDS:  # "Who am I speaking with?" is finished
+        return "complete"
     if words and words[-1] in _CONTINUATIONS:
         return "incomplete"
-    if text.endswith((".", "?", "!")):
+    if text.endswith((".", "?", "!")) and len(words) >= MIN_COMPLETE_WORDS:
         return "complete"
     return "unknown"
 

@@ -74,7 +74,6 @@ class Speculation:
     """
 
     index: int
-    samples: int  # the audio it transcribes
     result: asyncio.Future[AsrResult | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     task: asyncio.Task | None = None
     verdict: str | None = None  # how its text read (end_of_turn), once it is in
@@ -229,7 +228,7 @@ class Listener:
         if self.eou is None:
             return
         self._drop_speculation()
-        spec = Speculation(index=self._current_index, samples=pause.audio.size)
+        spec = Speculation(index=self._current_index)
         spec.task = asyncio.create_task(self._run_speculation(spec, pause.audio), name=f"spec-{self.call_id}")
         self._spec_tasks.add(spec.task)
         spec.task.add_done_callback(self._spec_tasks.discard)
@@ -269,7 +268,8 @@ class Listener:
                                         "silence_ms": self.segmenter.silence_ms})
         if text:
             await self._delta(spec.index, text)
-        if self._spec is spec:
+        # "unknown" keeps the usual end (end_silence_ms of silence, as without speculation).
+        if self._spec is spec and decision.verdict != "unknown":
             for event in self.segmenter.set_end_silence(decision.wait_ms):
                 await self._on_segment(event)
 
