@@ -1,11 +1,13 @@
-"""Silero in the ingress process, for the `/call` sessions this replica holds.
+"""Silero run on a batch of streams in this process, off the event loop.
 
-A `/call` call's audio is already in the ingress (the WebSocket is its transport), and
-Silero costs about 2 ms of CPU per second of audio batched over calls (bench/run.py's
-VAD table); a Serve handle call costs the ingress, Serve's router thread and the VAD
-replica more than the model's own work (bench/media_plane.py, `[media] vad_in_process`).
-So the replica's `VadBatcher` runs its batches here, off the event loop. SIP and WebRTC
-sessions (on the UA nodes) still use the `VadDeployment`.
+The VadDeployment runs its batches with it, and so does the ingress for its `/call`
+sessions (and `LocalModelServices` for tests and the bench). A `/call` call's audio
+is already in the ingress (the WebSocket is its transport), and Silero costs about
+2 ms of CPU per second of audio batched over calls (bench/run.py's VAD table); a
+Serve handle call costs the ingress, Serve's router thread and the VAD replica more
+than the model's own work (bench/media_plane.py, `[media] vad_in_process`). So the
+replica's `VadBatcher` runs its batches here. SIP and WebRTC sessions (on the UA
+nodes) still use the `VadDeployment`.
 """
 
 from __future__ import annotations

@@ -7,11 +7,10 @@ the measurement; production sessions reach the models through
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from voxray.media.messages import (
-    AsrRequest, AsrResult, TtsAudio, TtsRequest, VadBatch, VadBatchResult, VadChunk, VadChunkResult,
+    AsrRequest, AsrResult, TtsAudio, TtsRequest, VadChunk, VadChunkResult,
 )
 from voxray.media.vad_batcher import VadBatcher
 from voxray.providers.catalog import ProvidersConfig
@@ -22,18 +21,13 @@ class LocalModelServices:
 
     def __init__(self, providers: ProvidersConfig | None = None) -> None:
         from voxray.deployments.asr import make_asr_chain
-        from voxray.deployments.silero import SileroBatch
+        from voxray.deployments.local_vad import InProcessVad
         from voxray.deployments.tts import make_tts_chain
 
         providers = providers or ProvidersConfig()
-        self._silero = SileroBatch()
         self.asr_chain = make_asr_chain(providers)
         self.tts_chain = make_tts_chain(providers)
-
-        async def infer(batch: VadBatch) -> VadBatchResult:
-            return VadBatchResult(results=await asyncio.to_thread(self._silero.run, batch.chunks))
-
-        self.vad_batcher = VadBatcher(infer)
+        self.vad_batcher = VadBatcher(InProcessVad().infer)
 
     async def vad(self, chunk: VadChunk) -> VadChunkResult:
         return await self.vad_batcher.submit(chunk)

@@ -37,7 +37,7 @@ Due = Callable[[], float | None]  # time.monotonic() the consumer's next data is
 
 
 class PullPacer:
-    """When the next pull may start: the protocol of `paced_pull`, free of I/O.
+    """When the next pull may start: the protocol of `PacedPull`, free of I/O.
 
     `min_gap_s` keeps pulls apart when nothing says when data is due; `max_wait_s`
     bounds how long anything waits in the proxy; in between, a pull starts `lag_s`
@@ -92,10 +92,6 @@ class PacedPull:
     def wake(self) -> None:
         if self._sleep is not None and not self._sleep.done():
             self._sleep.set_result(None)
-
-
-def paced_pull(pull: Pull, pacer: PullPacer, due: Due | None = None) -> PacedPull:
-    return PacedPull(pull, pacer, due)
 
 
 def pace_serve_receive(ws: WebSocket, max_wait_s: float, due: Due | None = None) -> PacedPull | None:

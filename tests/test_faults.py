@@ -52,6 +52,14 @@ async def _speak(client: CallClient, speech16k: np.ndarray) -> None:
                                         np.zeros(16000, np.int16)]).tobytes(), 640)
 
 
+async def _heard_and_still_usable(client: CallClient, final: dict, killed: str) -> None:
+    """The sentence was transcribed despite the kill, and the call still plays a reply."""
+    assert wer(SENTENCE, final["text"]) <= 0.5, (killed, final["text"])
+    n = len(client.events)
+    await client.send({"command": "tts", "text": "Still here.", "playId": "after"})
+    await client.wait_for("trackEnd", after=n, playId="after", timeout=60)
+
+
 async def test_call_survives_a_killed_asr_replica(voxray_server, speech16k):
     deployment = "AsrDeployment"
     client = await _invite(voxray_server)
@@ -68,11 +76,7 @@ async def test_call_survives_a_killed_asr_replica(voxray_server, speech16k):
             final = await client.wait_for("asrFinal", timeout=90)
         finally:
             keepalive.cancel()
-        assert wer(SENTENCE, final["text"]) <= 0.5, (killed, final["text"])
-        # The call is still fully usable afterwards.
-        n = len(client.events)
-        await client.send({"command": "tts", "text": "Still here.", "playId": "after"})
-        await client.wait_for("trackEnd", after=n, playId="after", timeout=60)
+        await _heard_and_still_usable(client, final, killed)
     finally:
         await client.close()
         await _healthy(deployment)
@@ -82,19 +86,14 @@ async def test_webrtc_call_survives_a_killed_vad_replica(voxray_server, speech16
     """UA-node sessions (WebRTC, SIP) run VAD on the VadDeployment (`/call` runs Silero in the
     ingress): a replica killed while the caller talks is retried until its successor answers."""
     from tests.rtcpeer import RtcPeer
+    from tests.test_webrtc import _call
 
     peer = RtcPeer(np.concatenate([np.zeros(8000, np.int16), speech16k]))  # then silence, for ever
-    client = await CallClient.connect(f"ws://{voxray_server}/call/webrtc")
+    client = await _call(voxray_server, peer)
     try:
-        await client.send({"command": "invite", "option": {"caller": "rtc-fault", "offer": await peer.offer()}})
-        await peer.accept((await client.wait_for("answer", timeout=60))["sdp"])
         await client.wait_for("speaking", timeout=60)
         killed = await asyncio.to_thread(_kill_replica, "VadDeployment")
-        final = await client.wait_for("asrFinal", timeout=90)
-        assert wer(SENTENCE, final["text"]) <= 0.5, (killed, final["text"])
-        n = len(client.events)
-        await client.send({"command": "tts", "text": "Still here.", "playId": "after"})
-        await client.wait_for("trackEnd", after=n, playId="after", timeout=60)
+        await _heard_and_still_usable(client, await client.wait_for("asrFinal", timeout=90), killed)
     finally:
         await client.close()
         await peer.close()

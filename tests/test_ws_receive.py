@@ -12,7 +12,7 @@ from ray.serve._private.http_util import ASGIReceiveProxy
 from starlette.websockets import WebSocket
 
 from tests.fake_models import FRAME, FakeModels, Sink, silence
-from voxray.deployments.ws_receive import PullPacer, pace_serve_receive, paced_pull
+from voxray.deployments.ws_receive import PacedPull, PullPacer, pace_serve_receive
 from voxray.media.config import MediaConfig
 from voxray.media.session import MediaSession
 from voxray.protocol.options import CallOption
@@ -41,7 +41,7 @@ async def test_back_to_back_pulls_without_a_due_time_are_kept_apart():
         times.append(time.monotonic())
         return b""
 
-    paced = paced_pull(pull, PullPacer(max_wait_s=0.08, min_gap_s=0.03))
+    paced = PacedPull(pull, PullPacer(max_wait_s=0.08, min_gap_s=0.03))
     for _ in range(4):
         await paced(None)
     gaps = [b - a for a, b in zip(times, times[1:])]
@@ -170,7 +170,7 @@ async def test_a_waiting_pull_starts_at_once_when_woken():
         started.append(time.monotonic())
         return b""
 
-    paced = paced_pull(pull, PullPacer(max_wait_s=0.5, min_gap_s=0.3), due=lambda: time.monotonic() + 1.0)
+    paced = PacedPull(pull, PullPacer(max_wait_s=0.5, min_gap_s=0.3), due=lambda: time.monotonic() + 1.0)
     await paced(None)  # the first goes at once
     second = asyncio.create_task(paced(None))  # would wait 0.5 s (max_wait)
     await asyncio.sleep(0.05)
