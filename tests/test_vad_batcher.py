@@ -53,29 +53,35 @@ async def test_without_a_window_a_lone_chunk_leaves_at_once_and_later_ones_wait_
 
 
 async def test_a_window_gathers_staggered_chunks_into_one_request_and_bounds_their_wait():
+    # The window is wide next to the stagger so that a loaded CI machine's event-loop
+    # stalls (tens of ms) cannot split the batch; the lower bounds are exact.
+    window = 0.3
     vad = FakeVad()
-    batcher = VadBatcher(vad, window_s=0.06)
+    batcher = VadBatcher(vad, window_s=window)
     await batcher.submit(chunk("warm"))  # a request just left: the next ones wait for the window
     tasks = []
     for key in ("a", "b", "c"):
         tasks.append(asyncio.create_task(timed(batcher, key)))
-        await asyncio.sleep(0.01)  # calls' chunks come in staggered
+        await asyncio.sleep(0.02)  # calls' chunks come in staggered
     results = await asyncio.gather(*tasks)
     assert [keys for _, keys in vad.requests] == [["warm"], ["a", "b", "c"]]
     assert [r.key for r, _ in results] == ["a", "b", "c"]  # each call gets its own answer back
     gap = vad.requests[1][0] - vad.requests[0][0]
-    assert 0.055 <= gap < 0.1  # one request per window
-    assert max(waited for _, waited in results) < 0.06 + 0.005 + 0.03  # window + model + slack
+    assert window - 0.001 <= gap < window + 0.2  # one request per window, not later
+    assert max(waited for _, waited in results) < window + 0.2  # a chunk waits at most about the window
+    batcher.close()
 
 
 async def test_after_a_quiet_spell_a_chunk_leaves_at_once():
+    window = 0.2
     vad = FakeVad(latency_s=0.0)
-    batcher = VadBatcher(vad, window_s=0.05)
+    batcher = VadBatcher(vad, window_s=window)
     await batcher.submit(chunk("a"))
-    await asyncio.sleep(0.08)
+    await asyncio.sleep(window + 0.1)
     _, waited = await timed(batcher, "b")
-    assert waited < 0.02
+    assert waited < window / 2  # it did not wait for a window
     assert [keys for _, keys in vad.requests] == [["a"], ["b"]]
+    batcher.close()
 
 
 async def test_under_steady_load_requests_leave_once_per_window():

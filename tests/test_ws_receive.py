@@ -132,9 +132,11 @@ async def test_one_pull_per_chunk_and_the_chunk_completing_frame_is_not_held_bac
     assert len(plain_waits) == len(paced_waits) == 40
     assert plain.pulls >= 35  # about one pull per frame
     assert paced.pulls <= 40 / CHUNK_FRAMES * 1.5  # about one per chunk
-    assert max(paced_waits) < 0.08 + 0.05  # nothing waits much past max_wait (slack: a busy machine)
-    # The frames VAD is waiting for come through soon after they arrive (20 ms: a frame period).
-    assert sorted(completing)[len(completing) // 2] < 0.02, completing
+    # Nothing waits much past max_wait (slack: one event-loop stall on a busy CI machine).
+    assert max(paced_waits) < 0.08 + 0.15
+    # The frames VAD is waiting for come through soon after they arrive; held back, they
+    # would wait out most of max_wait (80 ms). The median rides out a stall or two.
+    assert sorted(completing)[len(completing) // 2] < 0.035, completing
 
 
 def test_a_socket_not_read_through_serve_is_left_alone():
@@ -177,4 +179,4 @@ async def test_a_waiting_pull_starts_at_once_when_woken():
     t_wake = time.monotonic()
     paced.wake()
     await second
-    assert started[1] - t_wake < 0.03
+    assert started[1] - t_wake < 0.2  # not the 0.45 s it had left to wait
