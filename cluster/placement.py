@@ -74,11 +74,18 @@ class UaNodeDirectory:
 
 def kill_ua_nodes() -> None:
     for actor in ua_node_actors(alive_only=False):
-        try:  # end calls and stop transports cleanly first (SIP: BYEs, un-REGISTER)
-            ray.get(actor.shutdown.remote(), timeout=10)
+        try:  # end calls and stop transports cleanly first (SIP: BYEs, un-REGISTER), workers too
+            ray.get(actor.shutdown.remote(), timeout=20)
         except Exception:
             pass
         ray.kill(actor)
+    # Workers of a UA node that was already gone: detached, so nothing else stops them.
+    for named in ray.util.list_named_actors(all_namespaces=True):
+        if named.get("namespace") == NAMESPACE and named["name"].startswith("voxray-ua-"):
+            try:
+                ray.kill(ray.get_actor(named["name"], namespace=NAMESPACE), no_restart=True)
+            except ValueError:
+                pass
 
 
 def drain_ua_node(node_id: str, timeout_s: float = 300.0) -> int:

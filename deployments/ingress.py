@@ -179,15 +179,18 @@ class Ingress:
     def _count_active(self, path: str) -> None:
         metrics.set_gauge("calls_active", self._active(path), path=path)
 
-    async def _remote_call(self, ws: WebSocket, call_id: str | None, kind: str, ua_node=None) -> None:
-        """A call whose media a UA node holds; this socket carries only commands and events."""
+    async def _remote_call(self, ws: WebSocket, call_id: str | None, kind: str) -> None:
+        """A call whose media a UA worker holds; this socket carries only commands and events."""
         call_id = call_id or uuid.uuid4().hex
         if not await self._admit(ws, call_id):
             return
-        ua = ua_node or await self._local_ua_node()
+
+        async def place():
+            node = await self._local_ua_node()
+            return await node.place.remote(kind)
 
         def remote_media(ch: AgentChannel) -> RemoteMedia:
-            return RemoteMedia(ua, call_id, kind, emit=ch.emit, channel=ch)
+            return RemoteMedia(None, call_id, kind, emit=ch.emit, channel=ch, place=place)
 
         await self._hold(self._channel(ws, call_id, f"/call/{kind}", remote_media))
 
@@ -210,8 +213,8 @@ class Ingress:
     async def call_sip(self, ws: WebSocket, id: str | None = None, dump: bool = False) -> None:
         """Outbound: no id (or a new one), then `invite` with `callee`. Inbound: `?id=` of a
         call a UA node announced (webhook or rule), then accept/reject/ringing."""
-        ua = await self._ua_node_holding(id) if id else None
-        if ua is None:
+        worker = await self._worker_holding(id) if id else None
+        if worker is None:
             await self._remote_call(ws, id, "sip")
             return
         if not await self._admit(ws, id):
@@ -219,21 +222,24 @@ class Ingress:
         from voxray.deployments.sip_media import InboundSipMedia
 
         def inbound_media(ch: AgentChannel) -> InboundSipMedia:
-            return InboundSipMedia(ua, id, emit=ch.emit, channel=ch)
+            return InboundSipMedia(worker, id, emit=ch.emit, channel=ch)
 
         await self._hold(self._channel(ws, id, "/call/sip", inbound_media))
 
-    async def _ua_node_holding(self, call_id: str):
-        """The UA node that holds call_id (an inbound SIP call waiting for its agent), or None."""
+    async def _worker_holding(self, call_id: str):
+        """The UA worker that holds call_id (an inbound SIP call waiting for its agent), or None."""
         local = await self._local_ua_node()
-        if await local.has_call.remote(call_id):
-            return local
+        worker = await local.find_call.remote(call_id)
+        if worker is not None:
+            return worker
         for ua in await asyncio.to_thread(self.ua_nodes.all):  # GCS look-ups block: off the loop
             try:
-                if await ua.has_call.remote(call_id):
-                    return ua
+                worker = await ua.find_call.remote(call_id)
             except Exception as exc:
                 log.warning("ua node unreachable", extra={"error": repr(exc)})
+                continue
+            if worker is not None:
+                return worker
         return None
 
     @api.get("/iceservers")

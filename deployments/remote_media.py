@@ -1,12 +1,17 @@
-"""`CallMedia` for calls whose media a UA node holds (SIP/RTP, WebRTC).
+"""`CallMedia` for calls whose media a UA worker holds (SIP/RTP, WebRTC).
 
-Commands go to the UA node one actor call each; events come back by long poll,
-a batch per poll. Audio never passes through here.
+The node's UA node picks the worker (`place`); from then on commands go to that
+worker one actor call each and events come back by long poll, a batch per poll.
+Audio never passes through here. A worker process that dies ends its calls with
+`hangup` reason `ua_worker_lost`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from voxray.deployments.call_media import Emit
 from voxray.logs import get_logger
@@ -20,8 +25,10 @@ log = get_logger("voxray.remote_media")
 class RemoteMedia:
     inbound = False
 
-    def __init__(self, ua_node, call_id: str, kind: str, emit: Emit, channel) -> None:
-        self.ua = ua_node
+    def __init__(self, worker, call_id: str, kind: str, emit: Emit, channel,
+                 place: Callable[[], Awaitable[object]] | None = None) -> None:
+        self.ua = worker  # the UA worker holding the call; None until `place` picks one
+        self._place = place
         self.call_id = call_id
         self.kind = kind
         self._emit = emit
@@ -32,26 +39,35 @@ class RemoteMedia:
         self._closing = False
 
     async def start(self, option: cmd.CallOption) -> ev.EventBase | None:
+        if self.ua is None and self._place is not None:
+            self.ua = await self._place()
+        if self.ua is None:
+            raise ProtocolError(f"no UA worker can take a {self.kind} call now; place the call again", 503)
         result = await self.ua.open_call.remote(self.call_id, self.kind, option.model_dump(by_alias=True))
         if not result.ok:
             raise ProtocolError(result.error or "call setup failed", result.code or 500)
         self._pump = asyncio.get_running_loop().create_task(self._pump_events())
         return None  # the UA node's own `answer` event arrives through the pump
 
-    async def _next_batch(self) -> list[ev.EventBase] | None:
-        """The next events of the call; None once the UA node no longer holds it (or is gone)."""
+    async def _next_batch(self) -> list[ev.EventBase] | str:
+        """The next events of the call, or why there are none any more: the worker no
+        longer holds the call (`media_lost`) or its process died (`ua_worker_lost`)."""
         try:
-            return await self.ua.next_events.remote(self.call_id, 10.0)
+            batch = await self.ua.next_events.remote(self.call_id, 10.0)
+        except (RayActorError, ActorUnavailableError) as exc:
+            log.warning("ua worker lost", extra={"error": type(exc).__name__})
+            return "ua_worker_lost"
         except Exception as exc:
-            log.warning("ua node unreachable", extra={"error": repr(exc)})
-            return None
+            log.warning("ua worker unreachable", extra={"error": repr(exc)})
+            return "media_lost"
+        return "media_lost" if batch is None else batch
 
     async def _pump_events(self) -> None:
         while True:
             batch = await self._next_batch()
-            if batch is None:
+            if isinstance(batch, str):
                 if not self._closing:
-                    await self._channel.hangup("media_lost", "system")
+                    await self._channel.hangup(batch, "system")
                 return
             for event in batch:
                 if isinstance(event, ev.HangupEvent):

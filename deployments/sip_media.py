@@ -1,4 +1,4 @@
-"""`/call/sip?id=<call id>`: the agent's side of an inbound SIP call a UA node holds.
+"""`/call/sip?id=<call id>`: the agent's side of an inbound SIP call a UA worker holds.
 
 The caller set the call up, so the agent answers it (`accept`, `reject`, `ringing`)
 instead of sending `invite`; events flow from the moment the socket opens (the
@@ -16,6 +16,6 @@ from voxray.deployments.remote_media import RemoteMedia
 class InboundSipMedia(RemoteMedia):
     inbound = True  # the agent answers it; voxray.protocol.rules refuses `invite` here
 
-    def __init__(self, ua_node, call_id: str, emit: Emit, channel) -> None:
-        super().__init__(ua_node, call_id, "sip", emit=emit, channel=channel)
+    def __init__(self, worker, call_id: str, emit: Emit, channel) -> None:
+        super().__init__(worker, call_id, "sip", emit=emit, channel=channel)
         self._pump = asyncio.get_running_loop().create_task(self._pump_events())

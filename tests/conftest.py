@@ -50,6 +50,7 @@ def voxray_server():
     from tests.sip_env import SIP_ENV  # SIP on free loopback ports, for tests/test_sip.py
 
     config.transports.sip = SIP_ENV.settings()
+    config.transports.pool.webrtc_workers = 2  # the CPUs Ray is told of (8) would make 4
     # `play`, `background` and SIP music on hold read local files from here only.
     config.media.play_dirs = [str(ARTIFACTS / "sip")]
     # Replica kills (test_faults) make a few ASR answers slow on purpose; the latency gate

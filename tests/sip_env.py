@@ -83,6 +83,7 @@ class SipTestEnv:
             rules=[SipRule(callee=r"^sip:busy", reject=486), SipRule(callee=r"^sip:rule-", url=f"{hook}/rule")],
             answer_timeout_s=30,
             trusted_sources=["127.0.0.1/32"],  # test_sip_fuzz sends from 127.0.0.2 to be refused
+            max_calls=16,  # 4 SIP workers of 4 calls behind the node's kamailio front
         )
 
 

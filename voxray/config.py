@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from voxray.admission import AdmissionSettings
 from voxray.env import voxray_env
 from voxray.providers.catalog import ProvidersConfig
+from voxray.ua_node.config import PoolSettings
 from voxray.ua_node.sip.config import SipSettings
 
 
@@ -93,6 +94,7 @@ class Transports(BaseModel):
 
     webrtc: WebRtcSettings = Field(default_factory=WebRtcSettings)
     sip: SipSettings = Field(default_factory=SipSettings)
+    pool: PoolSettings = Field(default_factory=PoolSettings)
 
 
 class SecuritySettings(BaseModel):

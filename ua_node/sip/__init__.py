@@ -53,3 +53,8 @@ async def register(core, config: dict | None) -> None:
     core.register_transport("sip", endpoint.outbound.open_outbound)
     core.register_command_handler("sip", endpoint.incall.handle_command)
     core.add_shutdown_hook(endpoint.close)
+
+
+def listening_port() -> int | None:
+    """The UDP port this process's SIP stack listens on (None: not up)."""
+    return _endpoint.stack.port if _endpoint is not None else None

@@ -35,6 +35,16 @@ def media_config(cfg: pj.AccountConfig, s: SipSettings) -> None:
     cfg.callConfig.timerMinSESec = 90
 
 
+def front_config(cfg: pj.AccountConfig, s: SipSettings) -> None:
+    """Behind the node's SIP front: every request leaves through it (outbound calls, in-dialog
+    requests before a route set exists), and the node registers the front's address."""
+    if s.outbound_proxy:
+        cfg.sipConfig.proxies.append(s.outbound_proxy)
+    if s.contact and s.account:
+        host = s.contact.split(":", 1)[1]
+        cfg.sipConfig.contactForced = f"<sip:{s.account.username}@{host}>"
+
+
 def node_account(stack: PjStack, s: SipSettings, host: str, on_incoming: OnIncoming) -> SipAccount:
     """The node's own account: registered when a registrar is configured."""
     cfg = pj.AccountConfig()
@@ -51,6 +61,7 @@ def node_account(stack: PjStack, s: SipSettings, host: str, on_incoming: OnIncom
     else:
         cfg.idUri = f"sip:{s.user}@{host}:{stack.port}"
     media_config(cfg, s)
+    front_config(cfg, s)
     acc = SipAccount(stack, on_incoming)
     acc.create(cfg, True)
     return acc
@@ -65,6 +76,7 @@ def call_account(stack: PjStack, s: SipSettings, domain_host: str, caller_uri: s
     cfg.idUri = caller_uri if caller_uri else f"sip:{sip.username}@{domain}"
     cfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", sip.realm or "*", sip.username, 0, sip.password))
     media_config(cfg, s)
+    front_config(cfg, s)
     acc = SipAccount(stack, on_incoming)
     acc.create(cfg, False)
     return acc

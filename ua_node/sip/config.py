@@ -51,8 +51,15 @@ class SipSettings(BaseModel):
     codecs: list[str] = Field(default_factory=lambda: ["G722/16000", "PCMU/8000", "PCMA/8000"],
                               description="codecs, in order of preference (pjsua2 ids); G722 first: "
                                           "wideband speech helps ASR")
-    max_calls: int = Field(32, ge=1, description="concurrent calls; pjsua clips it to its build's limit "
-                                                 "(4 with the pjsua2-python wheel)")
+    max_calls: int = Field(32, ge=1, description="concurrent SIP calls of the node; behind the front, spread "
+                                                 "over max_calls / calls_per_worker worker processes")
+    calls_per_worker: int = Field(4, ge=1, le=256, description="calls one pjsua2 process takes; the "
+                                  "pjsua2-python wheel is built with a limit of 4 (PJSUA_MAX_CALLS)")
+    worker_port: int | None = Field(None, ge=1024, le=65535, description="first SIP port of the workers behind "
+                                    "the front (worker i: worker_port + i); default: free ports")
+    outbound_proxy: str | None = Field(None, description="route every request through this proxy (set for "
+                                       "workers behind the front)")
+    contact: str | None = Field(None, description="contact URI registered for the node (the front's address)")
     answer_timeout_s: float = Field(60.0, description="an inbound call the agent leaves unanswered is rejected (408)")
     session_timer_s: int = Field(1800, ge=90, description="SIP session timer (RFC 4028) interval")
     log_level: int = Field(1, ge=0, le=6, description="pjsip's own log level")

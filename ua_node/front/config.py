@@ -1,0 +1,230 @@
+"""Kamailio's config and dispatcher list for a node's front. Pure text, no I/O.
+
+Calls from outside: sanity checks (malformed requests answered or dropped), pike
+(flood limits per source), the trusted networks (403 otherwise), then the dispatcher
+spreads INVITEs over the SIP workers by their call load (algorithm 10, `maxload` =
+a worker's calls), failing over to the next worker on 503, 408 or no answer; OPTIONS
+pings take a dead worker out within seconds. Requests from the workers (outbound
+calls) go where their Request-URI says. Every dialog is record-routed, so in-dialog
+requests and the call load bookkeeping pass through the front too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from voxray.ua_node.config import FrontSettings
+
+WORKERS_SET = 1
+
+
+@dataclass(frozen=True)
+class FrontDestination:
+    uri: str  # sip:127.0.0.1:5081
+    duid: str  # a worker process (key and pid): its call load starts at 0 after a restart
+    max_calls: int
+
+
+def dispatcher_list(destinations: list[FrontDestination]) -> str:
+    lines = ["# setid destination flags priority attributes (written by the voxray UA node)"]
+    lines += [f"{WORKERS_SET} {d.uri} 0 0 duid={d.duid};maxload={d.max_calls}" for d in destinations]
+    return "\n".join(lines) + "\n"
+
+
+def _trusted_check(networks: list[str]) -> str:
+    if not networks:
+        return ""
+    tests = " || ".join(f'is_in_subnet("$si", "{ipaddress.ip_network(n, strict=False)}")' for n in networks)
+    return f"""    if (!ds_is_from_list("{WORKERS_SET}") && !({tests})) {{
+        xlog("L_WARN", "voxray-front: $rm from untrusted $si refused\\n");
+        sl_send_reply("403", "Forbidden");
+        exit;
+    }}
+"""
+
+
+def kamailio_cfg(s: FrontSettings, *, bind: str, port: int, public_address: str | None, list_file: str,
+                 ctl_socket: str, trusted: list[str], retry_after_s: int, worker_timeout_ms: int = 4000) -> str:
+    advertise = f" advertise {public_address}:{port}" if public_address and public_address != bind else ""
+    alias = public_address or bind
+    return f"""#!KAMAILIO
+# voxray's SIP front for one node (generated; edits are overwritten).
+debug=1
+log_stderror=yes
+children={s.children}
+auto_aliases=no
+disable_tcp=yes
+listen=udp:{bind}:{port}{advertise}
+alias="{alias}:{port}"
+dns=no
+rev_dns=no
+server_header="Server: voxray"
+sip_warning=0
+
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "xlog.so"
+loadmodule "sanity.so"
+loadmodule "pike.so"
+loadmodule "ipops.so"
+loadmodule "ctl.so"
+loadmodule "dispatcher.so"
+loadmodule "dialog.so"
+
+modparam("ctl", "binrpc", "unix:{ctl_socket}")
+modparam("tm", "fr_timer", {worker_timeout_ms})
+modparam("tm", "fr_inv_timer", 120000)
+modparam("rr", "enable_full_lr", 1)
+modparam("rr", "append_fromtag", 1)
+modparam("pv", "shvset", "draining=i:0")
+modparam("pike", "sampling_time_unit", {s.flood_unit_s})
+modparam("pike", "reqs_density_per_unit", {s.flood_requests})
+modparam("pike", "remove_latency", {s.flood_unit_s * 2})
+modparam("dialog", "default_timeout", 43200)
+modparam("dispatcher", "list_file", "{list_file}")
+modparam("dispatcher", "flags", 2)
+modparam("dispatcher", "ds_hash_size", 8)
+modparam("dispatcher", "ds_hash_initexpire", 30)
+modparam("dispatcher", "ds_hash_expire", 7200)
+modparam("dispatcher", "ds_ping_interval", {s.ping_interval_s})
+modparam("dispatcher", "ds_ping_from", "sip:front@{alias}:{port}")
+modparam("dispatcher", "ds_probing_mode", 1)
+modparam("dispatcher", "ds_probing_threshold", 1)
+modparam("dispatcher", "ds_inactive_threshold", 1)
+modparam("dispatcher", "ds_ping_reply_codes", "class=2;class=4")
+
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{
+        sl_send_reply("483", "Too Many Hops");
+        exit;
+    }}
+    if (!sanity_check("17895", "7")) {{
+        xlog("L_WARN", "voxray-front: malformed $rm from $si dropped\\n");
+        exit;
+    }}
+    if (!ds_is_from_list("{WORKERS_SET}") && !pike_check_req()) {{
+        exit;  # a flooding source: ignored for a while
+    }}
+{_trusted_check(trusted)}    if (has_totag()) {{
+        if (loose_route()) {{
+            if (is_method("BYE")) {{
+                ds_load_update();
+            }}
+            t_relay();
+            exit;
+        }}
+        if (is_method("ACK") && t_check_trans()) {{
+            t_relay();
+            exit;
+        }}
+        # A peer that ignores the route set (sends in-dialog requests to the front's own
+        # address, as sipp's built-in scenarios do): the dialog knows the worker.
+        if (is_known_dlg() && $dlg_var(worker) != $null) {{
+            $du = $dlg_var(worker);
+            if (is_method("BYE")) {{
+                ds_load_update();
+            }}
+            t_relay();
+            exit;
+        }}
+        if (!is_method("ACK")) {{
+            sl_send_reply("481", "Call/Transaction Does Not Exist");
+        }}
+        exit;
+    }}
+    if (is_method("CANCEL")) {{
+        if (t_check_trans()) {{
+            ds_load_update();
+            t_relay();
+        }} else {{
+            sl_send_reply("481", "Call/Transaction Does Not Exist");
+        }}
+        exit;
+    }}
+    if (t_check_trans()) {{
+        exit;  # a retransmission: tm resent the last reply
+    }}
+    if (ds_is_from_list("{WORKERS_SET}")) {{
+        # A worker's own request (an outbound call): to where its Request-URI says.
+        record_route();
+        if (!t_relay()) {{
+            sl_reply_error();
+        }}
+        exit;
+    }}
+    if (!uri == myself) {{
+        sl_send_reply("403", "Relaying Forbidden");
+        exit;
+    }}
+    if (is_method("OPTIONS")) {{
+        sl_send_reply("200", "OK");
+        exit;
+    }}
+    if (is_method("REGISTER")) {{
+        sl_send_reply("405", "Method Not Allowed");
+        exit;
+    }}
+    if ($shv(draining) == 1) {{
+        append_to_reply("Retry-After: {retry_after_s}\\r\\n");
+        sl_send_reply("503", "Service Unavailable");
+        exit;
+    }}
+    if (is_method("INVITE")) {{
+        record_route();
+        dlg_manage();
+        if (!ds_select_dst("{WORKERS_SET}", "10")) {{
+            route(FULL);
+        }}
+        $dlg_var(worker) = $du;
+        t_on_failure("NEXT_WORKER");
+        t_on_reply("WORKER_REPLY");
+    }} else if (!ds_select_dst("{WORKERS_SET}", "4")) {{
+        route(FULL);
+    }}
+    if (!t_relay()) {{
+        sl_reply_error();
+    }}
+    exit;
+}}
+
+route[FULL] {{
+    append_to_reply("Retry-After: {retry_after_s}\\r\\n");
+    sl_send_reply("503", "Service Unavailable");
+    exit;
+}}
+
+onreply_route[WORKER_REPLY] {{
+    if (status =~ "^2[0-9][0-9]$") {{
+        ds_load_update();
+    }}
+}}
+
+failure_route[NEXT_WORKER] {{
+    if (t_is_canceled()) {{
+        ds_load_unset();
+        exit;
+    }}
+    # A draining or full worker (503), or one that never answered: the next one (its
+    # call load moves along with the call).
+    if (t_check_status("503") || (t_branch_timeout() && !t_branch_replied())) {{
+        if (ds_next_dst()) {{
+            $dlg_var(worker) = $du;
+            t_on_failure("NEXT_WORKER");
+            t_on_reply("WORKER_REPLY");
+            t_relay();
+            exit;
+        }}
+        ds_load_unset();
+        append_to_reply("Retry-After: {retry_after_s}\r\n");
+        t_reply("503", "Service Unavailable");
+        exit;
+    }}
+    ds_load_unset();  # any other final answer is the caller's
+}}
+"""
