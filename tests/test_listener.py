@@ -68,6 +68,15 @@ async def test_a_turn_gives_speaking_silence_and_its_transcript():
     await stop(listener)
 
 
+async def test_asr_provider_none_gives_turns_without_transcribing():
+    listener, sink, models, _ = make({"asr": {"provider": "none"}})
+    say(listener, np.concatenate([silence(300), tone(1500), silence(1500)]))
+    await sink.wait("silence")
+    await asyncio.sleep(0.3)
+    assert sink.names() == ["speaking", "silence"] and models.asr_requests == []
+    await stop(listener)
+
+
 async def test_transcripts_keep_speaking_order_when_the_first_is_slow():
     models = FakeModels()
     models.asr_delay_s = [0.3, 0.0]

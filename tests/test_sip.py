@@ -140,8 +140,8 @@ def sipp_messages(scenario: Path, workdir: Path) -> str:
     return p.read_text(errors="replace") if p.exists() else ""
 
 
-def rtp_payloads(pcap: Path) -> list[tuple[int, bytes]]:
-    """(payload type, payload) of the RTP packets in a pcap file."""
+def rtp_packets(pcap: Path) -> list[tuple[int, int, bytes]]:
+    """(destination port, payload type, payload) of the RTP packets in a pcap file."""
     data = pcap.read_bytes()
     if len(data) < 24:
         return []
@@ -155,11 +155,17 @@ def rtp_payloads(pcap: Path) -> list[tuple[int, bytes]]:
         ip = pkt[skip:]
         if len(ip) < 28 or ip[0] >> 4 != 4 or ip[9] != 17:
             continue
-        rtp = ip[(ip[0] & 15) * 4 + 8:]
+        udp = ip[(ip[0] & 15) * 4:]
+        rtp = udp[8:]
         if len(rtp) < 12 or rtp[0] >> 6 != 2 or 72 <= (rtp[1] & 0x7F) <= 76:  # not RTCP
             continue
-        out.append((rtp[1] & 0x7F, rtp[12 + 4 * (rtp[0] & 15):]))
+        out.append((struct.unpack(">H", udp[2:4])[0], rtp[1] & 0x7F, rtp[12 + 4 * (rtp[0] & 15):]))
     return out
+
+
+def rtp_payloads(pcap: Path) -> list[tuple[int, bytes]]:
+    """(payload type, payload) of the RTP packets in a pcap file."""
+    return [(pt, payload) for _, pt, payload in rtp_packets(pcap)]
 
 
 def decode_rtp(packets: list[tuple[int, bytes]]) -> np.ndarray:

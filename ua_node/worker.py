@@ -94,7 +94,7 @@ class UaWorker:
         await self.core.end_call(call_id, reason, initiator)
 
     async def list_calls(self) -> list[dict]:
-        return self.core.list_calls()
+        return [{**c, "worker": f"{self.role}{self.index}"} for c in self.core.list_calls()]
 
     async def has_call(self, call_id: str) -> bool:
         return self.core.has_call(call_id)

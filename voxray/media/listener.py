@@ -217,15 +217,21 @@ class Listener:
             if spec is not None and spec.index != index:
                 self._cancel(spec)
                 spec = None
-            self._asr_queue.put_nowait((index, event, spec))
+            if self.transcribing:
+                self._asr_queue.put_nowait((index, event, spec))
             await self.sink.emit(ev.Silence(
                 track_id=self.call_id, start_time=self._epoch(event.end_ms), duration=event.silence_ms,
             ))
 
     # -- speculation: a pause's transcript, before the turn ends ----------------------
 
+    @property
+    def transcribing(self) -> bool:
+        """False for a call whose agent asked for no transcription (asr provider "none")."""
+        return not (self.option.asr is not None and self.option.asr.provider == "none")
+
     def _speculate(self, pause: SpeechPaused) -> None:
-        if self.eou is None:
+        if self.eou is None or not self.transcribing:
             return
         self._drop_speculation()
         spec = Speculation(index=self._current_index)
@@ -307,7 +313,7 @@ class Listener:
 
     def _maybe_partial(self) -> None:
         interval = self.option.asr.partial_interval_ms if self.option.asr else 1000
-        if not interval or not self.segmenter.speaking or self._spec is not None:
+        if not interval or not self.transcribing or not self.segmenter.speaking or self._spec is not None:
             return  # a pause's speculation is already transcribing all there is
         if self._partial_task is not None and not self._partial_task.done():
             return  # one partial decode at a time: skip rather than queue

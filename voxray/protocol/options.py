@@ -18,6 +18,8 @@ class RecorderOption(WireModel):
 
 
 class TranscriptionOption(WireModel):
+    # ext: provider "none" transcribes nothing on this call (VAD events only: speaking,
+    # silence; e.g. recording, answering-machine-free IVR legs, or an agent with its own ASR).
     provider: str | None = None
     language: str | None = None
     app_id: str | None = None

@@ -1,0 +1,161 @@
+"""A node's SIP worker pool behind its Kamailio front, with real sipp callers: many calls
+spread over the workers, and a worker killed mid-call takes only its own calls."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from tests.conftest import SENTENCE
+from tests.sip_env import SIP_ENV
+from tests.test_models import wer
+from tests.test_sip import (  # noqa: F401  (fixtures)
+    SIPP_PCAPS, _agent, capture_rtp, decode_rtp, peers, render, rtp_packets, sip_request, sip_workdir, sipp,
+    speech_alaw, udp_exchange, webhook,
+)
+from tests.wsclient import CallClient
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not SIP_ENV.available, reason="pjsua2 is not installed")]
+
+
+async def _node():
+    import ray
+
+    from voxray.cluster.placement import NAMESPACE, ua_node_name
+
+    return ray.get_actor(ua_node_name(ray.get_runtime_context().get_node_id()), namespace=NAMESPACE)
+
+
+async def _answer(server: str, hook: dict) -> CallClient:
+    client = await _agent(server, hook["call_id"])
+    await client.wait_for("incoming", timeout=30)
+    await client.send({"command": "accept", "option": {"caller": hook["caller"]}})
+    await client.wait_for("answer", timeout=30)
+    return client
+
+
+async def _calls(server: str, hook, workdir, start, speech, n: int, hold_ms: int):
+    scenario = render("uac_speech.xml", workdir, SPEECH=speech, DTMF_PCAP=SIPP_PCAPS / "dtmf_2833_1.pcap",
+                      SPEECH_MS=3200, HOLD_MS=hold_ms)
+    caller = await start(sipp(scenario, workdir, "-key", "callee", "agent", "-m", str(n), "-l", str(n),
+                              "-r", str(n), f"127.0.0.1:{SIP_ENV.sip_port}", timeout_s=hold_ms / 1000 + 90))
+    hooks = [await hook.next("/hook", timeout=60) for _ in range(n)]
+    clients = await asyncio.gather(*(_answer(server, h) for h in hooks))
+    return caller, hooks, list(clients)
+
+
+async def _workers_of(call_ids: list[str]) -> dict[str, str]:
+    node = await _node()
+    return {c["id"]: c["worker"] for c in await node.list_calls.remote() if c["id"] in call_ids}
+
+
+async def test_sixteen_inbound_calls_spread_over_the_workers_each_transcribed_and_hearing_tts(
+        voxray_server, webhook, sip_workdir, peers, speech_alaw):  # noqa: F811
+    n = 16
+    capture = await capture_rtp(sip_workdir)
+    if capture is not None:
+        await peers(capture)
+    caller, hooks, clients = await _calls(voxray_server, webhook, sip_workdir, peers, speech_alaw, n, 60000)
+    try:
+        placed = await _workers_of([h["call_id"] for h in hooks])
+        assert len(placed) == n and len(set(placed.values())) >= 4, placed  # the front spread them
+
+        async def converse(client: CallClient) -> str:
+            final = await client.wait_for("asrFinal", timeout=120)
+            at = len(client.events)
+            await client.send({"command": "tts", "text": "Sure, I can help with your account.", "playId": "r1"})
+            await client.wait_for("trackEnd", timeout=90, after=at, playId="r1")
+            return final["text"]
+
+        texts = await asyncio.gather(*(converse(c) for c in clients))
+        errors = sorted(wer(SENTENCE, t) for t in texts)
+        assert errors[n // 2] <= 0.3 and errors[-1] <= 0.6, texts
+        await asyncio.sleep(1.0)
+        for c in clients:
+            await c.send({"command": "hangup"})
+        for c in clients:
+            await c.wait_for("hangup", timeout=30)
+        assert await caller.wait(60) == 0, caller.text()[-2000:]
+    finally:
+        for c in clients:
+            await c.close()
+    if capture is None:
+        pytest.skip("tcpdump cannot capture on lo here: the TTS-over-RTP check was skipped (the rest passed)")
+    await capture.stop()
+    streams: dict[int, list] = defaultdict(list)
+    for port, pt, payload in rtp_packets(sip_workdir / "rtp.pcap"):
+        streams[port].append((pt, payload))
+    loud = [p for p, pkts in streams.items() if np.abs(decode_rtp(pkts).astype(np.int32)).max(initial=0) > 3000]
+    assert len(loud) >= n, f"{len(loud)} of {n} callers heard the reply"
+
+
+async def test_a_killed_worker_ends_only_its_calls_and_comes_back(
+        voxray_server, webhook, sip_workdir, peers, speech_alaw):  # noqa: F811
+    node = await _node()
+    caller, hooks, clients = await _calls(voxray_server, webhook, sip_workdir, peers, speech_alaw, 6, 60000)
+    try:
+        placed = await _workers_of([h["call_id"] for h in hooks])
+        victim = placed[hooks[0]["call_id"]]
+        lost = {cid for cid, w in placed.items() if w == victim}
+        kept = [c for c, h in zip(clients, hooks, strict=True) if h["call_id"] not in lost]
+        assert kept, placed
+        pid = (await node.worker_pids.remote())[victim]
+        os.kill(pid, signal.SIGKILL)
+        t_kill = time.monotonic()
+
+        # Its calls end, each with its reason and a call record; the others go on.
+        for c, h in zip(clients, hooks, strict=True):
+            if h["call_id"] in lost:
+                hangup = await c.wait_for("hangup", timeout=30)
+                assert hangup["reason"] == "ua_worker_lost", hangup
+        for c in kept:
+            at = len(c.events)
+            await c.send({"command": "tts", "text": "Still here.", "playId": "k1"})
+            await c.wait_for("trackEnd", timeout=60, after=at, playId="k1")
+            assert "hangup" not in c.names()
+
+        # New calls during and after the restart are answered by the live workers.
+        msg, _ = sip_request("OPTIONS", f"sip:voxray@127.0.0.1:{SIP_ENV.sip_port}")
+        assert any(r.startswith("SIP/2.0 200") for r in await asyncio.to_thread(udp_exchange, msg, 5.0,
+                                                                               "SIP/2.0 200"))
+        more, more_hooks, more_clients = await _calls(voxray_server, webhook, sip_workdir, peers, speech_alaw, 2,
+                                                      3000)
+        for c in more_clients:
+            await c.wait_for("hangup", timeout=60)
+            await c.close()
+        assert await more.wait(60) == 0, more.text()[-2000:]
+
+        # Ray brings the worker back as a new process, and the node sees it.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            info = await node.ready.remote()
+            w = info["workers"][victim]
+            if w["up"] and w["pid"] != pid:
+                break
+            await asyncio.sleep(1.0)
+        else:
+            raise AssertionError(f"{victim} did not come back: {info}")
+        assert w["restarts"] >= 1 and time.monotonic() - t_kill < 60
+
+        for c in kept:
+            await c.send({"command": "hangup"})
+            await c.wait_for("hangup", timeout=30)
+    finally:
+        for c in clients:
+            await c.close()
+    import httpx
+
+    async with httpx.AsyncClient() as http:
+        for cid in lost:  # each lost call has its record, with the reason
+            for _ in range(50):
+                recs = (await http.get(f"http://{voxray_server}/call/records", params={"id": cid})).json()["records"]
+                if recs:
+                    break
+                await asyncio.sleep(0.2)
+            assert recs and recs[0]["reason"] == "ua_worker_lost", (cid, recs)
