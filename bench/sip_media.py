@@ -1,19 +1,23 @@
-"""Calls per core for the SIP media path: RTP in/out through the UA node, VAD on, ASR off.
+"""SIP calls per node: sipp callers of real speech into one node, VAD on, ASR off.
 
-sipp places N concurrent calls that stream real speech (Piper voice, PCMA) to a UA
-node core running in this process (no Ray: the figure is the UA node's own cost).
-Every call is answered through the same path an agent's `accept` takes; each runs
-a MediaSession with Silero VAD (batched, in-process), the recognizer is a no-op, and
-the bridge port sends a 20 ms frame back every 20 ms. CPU of this process (pjsua2
-threads + the asyncio loop + VAD) is sampled over a steady window while all N
-calls are up; sipp's own CPU is not counted.
+Two node layouts in one run, each on a fresh embedded single-node Ray with the app
+deployed as a user would (`voxray serve`):
 
-    .venv/bin/python bench/sip_media.py            # N = 1, 2, 4
-    .venv/bin/python bench/sip_media.py --calls 1 4 --window 8
+- **old**: one UA process is the node's SIP address (`transports.pool.front.kind =
+  "none"`); pjsua2's build limit (4 calls per process) caps the node.
+- **new**: the default, a pool of SIP worker processes (4 calls each) behind the node's
+  Kamailio front, which spreads INVITEs by call load.
 
-The pjsua2-python wheel is built with PJSUA_MAX_CALLS = 4: one pjsua process holds at
-most 4 concurrent calls (the 5th gets 486), so N stops at 4 here and "calls per core"
-is the per-call CPU extrapolated.
+For each level sipp places N concurrent calls (PCMA, 20 ms RTP, a Piper sentence looped);
+the webhook hands each call to an agent (a WebSocket client in this process) that
+accepts it with `asr: {"provider": "none"}`, so VAD runs and nothing is transcribed.
+Over a steady window: calls answered, RTP frames in and out per call per second (50
+expected, counted by the workers' bridge ports), CPU per call of the UA processes
+(workers, node, Kamailio) and, apart, of the ingress and the VAD replica; RSS of the UA
+processes per call.
+
+    .venv/bin/python bench/sip_media.py                  # 8, 32, 64 calls; old and new
+    .venv/bin/python bench/sip_media.py --calls 8 --window 8 --layouts new
 """
 
 from __future__ import annotations
@@ -37,35 +41,12 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VOXRAY_LOG_LEVEL", "WARNING")
 
-from voxray.media.messages import AsrResult, VadBatch, VadBatchResult  # noqa: E402
-from voxray.media.vad_batcher import VadBatcher  # noqa: E402
-from tests.sip_env import free_media_ports, free_udp_port  # noqa: E402
+from tests.sip_env import free_media_ports, free_tcp_port, free_udp_port  # noqa: E402
 
-
-class VadOnlyServices:
-    """Real Silero VAD (batched across calls, on a worker thread); ASR and TTS off."""
-
-    def __init__(self) -> None:
-        from voxray.deployments.silero import SileroBatch
-
-        self.silero = SileroBatch()
-        self.vad_windows = 0
-
-        async def infer(batch: VadBatch) -> VadBatchResult:
-            self.vad_windows += sum(len(c.pcm) // 1024 for c in batch.chunks)
-            return VadBatchResult(results=await asyncio.to_thread(self.silero.run, batch.chunks))
-
-        self.vad_batcher = VadBatcher(infer)
-
-    async def vad(self, chunk):
-        return await self.vad_batcher.submit(chunk)
-
-    async def transcribe(self, req):
-        return AsrResult(text="", provider="off")
-
-    async def synthesize(self, req):
-        return
-        yield
+LAYOUTS = {
+    "old": {"front": {"kind": "none"}},  # one UA process, pjsua2's 4 calls
+    "new": {},  # the defaults: SIP workers behind Kamailio
+}
 
 
 def make_speech(workdir: Path) -> Path:
@@ -79,107 +60,236 @@ def make_speech(workdir: Path) -> Path:
     return out
 
 
-async def run_level(core, endpoint, n: int, sip_port: int, speech: Path, workdir: Path,
-                    window_s: float, services: VadOnlyServices) -> dict:
-    from voxray.ua_node.sip.transport import SipTransport
+class Agents:
+    """The webhook and one agent per inbound call: accept with ASR off, hold, hang up."""
 
-    hold_ms = int((window_s + 5) * 1000)
+    def __init__(self, server: str) -> None:
+        self.server = server
+        self.answered: set[str] = set()
+        self.tasks: list[asyncio.Task] = []
+        self.stop = asyncio.Event()
+        self.port = free_tcp_port()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._http, "127.0.0.1", self.port)
+
+    async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        body = json.loads(await reader.readexactly(length)) if length else {}
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+        if body.get("call_id"):
+            self.tasks.append(asyncio.create_task(self._agent(body["call_id"])))
+
+    async def _agent(self, call_id: str) -> None:
+        import websockets
+
+        async with websockets.connect(f"ws://{self.server}/call/sip?id={call_id}", max_size=None) as ws:
+            async def until(name: str) -> None:
+                async for raw in ws:
+                    if isinstance(raw, str) and json.loads(raw).get("event") == name:
+                        return
+
+            await asyncio.wait_for(until("incoming"), 30)
+            await ws.send(json.dumps({"command": "accept", "option": {"asr": {"provider": "none"}}}))
+            await asyncio.wait_for(until("answer"), 30)
+            self.answered.add(call_id)
+            reading = asyncio.create_task(until("hangup"))
+            stopping = asyncio.create_task(self.stop.wait())
+            await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not reading.done():
+                await ws.send(json.dumps({"command": "hangup"}))
+                try:
+                    await asyncio.wait_for(reading, 10)
+                except (asyncio.TimeoutError, Exception):
+                    pass
+            stopping.cancel()
+
+    async def finish(self) -> None:
+        self.stop.set()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+        self.answered.clear()
+        self.stop = asyncio.Event()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+def _procs(pids: list[int]) -> list[psutil.Process]:
+    out = []
+    for pid in pids:
+        try:
+            out.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def _kamailios(parent: int) -> list[psutil.Process]:
+    try:
+        return [p for p in psutil.Process(parent).children(recursive=True) if p.name() == "kamailio"]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _replicas(tag: str) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(tag in part for part in (p.info["cmdline"] or [])):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+def _cpu(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _rss(procs: list[psutil.Process]) -> int:
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+async def run_level(node, agents: Agents, n: int, sip_port: int, speech: Path, workdir: Path,
+                    window_s: float) -> dict:
+    hold_ms = int((window_s + 20 + n / 10) * 1000)
     scenario = (ROOT / "bench/sip/uac_bench.xml").read_text()
-    scenario = scenario.replace("@SPEECH@", str(speech)).replace("@HOLD_MS@", str(hold_ms))
     scen = workdir / f"uac_bench_{n}.xml"
-    scen.write_text(scenario)
+    scen.write_text(scenario.replace("@SPEECH@", str(speech)).replace("@HOLD_MS@", str(hold_ms)))
     sipp = subprocess.Popen(
         ["timeout", "-s", "KILL", str(int(hold_ms / 1000 + 60)), "sipp", "-sf", str(scen), "-i", "127.0.0.1",
-         "-p", str(free_udp_port()), "-mp", str(free_media_ports()),
-         "-m", str(n), "-l", str(n), "-r", "20", "-nostdin", "-trace_err", f"127.0.0.1:{sip_port}"],
+         "-p", str(free_udp_port()), "-mp", str(free_media_ports(20000, 60000)),
+         "-m", str(n), "-l", str(n), "-r", "20", "-nostdin", f"127.0.0.1:{sip_port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=workdir)
     try:
-        deadline = time.monotonic() + 30 + n
-        while time.monotonic() < deadline:
-            up = [c for c in core.calls.values() if isinstance(c.transport, SipTransport)
-                  and c.transport.confirmed and not c.ended]
-            if len(up) >= n:
-                break
+        deadline = time.monotonic() + 20 + n / 4
+        while time.monotonic() < deadline and len(agents.answered) < n:
             await asyncio.sleep(0.2)
-        else:
-            raise RuntimeError(f"only {len(up)} of {n} calls came up")
-        await asyncio.sleep(2.0)  # let jitter buffers and VAD settle
-        proc = psutil.Process()
-        frames0 = sum(c.transport.frames_in for c in up)
-        vad0 = services.vad_windows
-        cpu0, t0 = proc.cpu_times(), time.monotonic()
+        await asyncio.sleep(3.0)  # refusals settle, jitter buffers and VAD warm up
+        answered = len(agents.answered)
+        info = await node.ready.remote()
+        workers = [w for w in info["workers"].values() if w["role"] == "sip"]
+        handles = [await node.worker.remote(k) for k, w in info["workers"].items() if w["role"] == "sip"]
+        ua = _procs([w["pid"] for w in workers] + [await node.pid.remote()])
+        ua += _kamailios(await node.pid.remote())
+        ingress, vad = _replicas("Ingress"), _replicas("VadDeployment")
+        stats0 = await asyncio.gather(*(h.media_stats.remote() for h in handles))
+        cpu0 = (_cpu(ua), _cpu(ingress), _cpu(vad))
+        t0 = time.monotonic()
         await asyncio.sleep(window_s)
-        cpu1, t1 = proc.cpu_times(), time.monotonic()
-        frames1 = sum(c.transport.frames_in for c in up)
-        speaking = sum(1 for c in up if c.session is not None)
-        elapsed = t1 - t0
-        cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
-        load = cpu_s / elapsed  # cores busy
+        cpu1 = (_cpu(ua), _cpu(ingress), _cpu(vad))
+        elapsed = time.monotonic() - t0
+        stats1 = await asyncio.gather(*(h.media_stats.remote() for h in handles))
+        rss = _rss(ua)
+        live = sum(s["calls"] for s in stats1)
+        per = max(answered, 1)
+        fin = sum(s["frames_in"] for s in stats1) - sum(s["frames_in"] for s in stats0)
+        fout = sum(s["frames_out"] for s in stats1) - sum(s["frames_out"] for s in stats0)
+        ua_load, ingress_load, vad_load = ((b - a) / elapsed for a, b in zip(cpu0, cpu1, strict=True))
         return {
-            "calls": n, "cpu_cores": round(load, 3),
-            "cpu_ms_per_call_s": round(1000 * load / n, 2),
-            "calls_per_core": round(n / load, 1) if load > 0 else None,
-            "frames_in_per_call_s": round((frames1 - frames0) / elapsed / n, 1),
-            "vad_windows_per_call_s": round((services.vad_windows - vad0) / elapsed / n, 1),
-            "sessions": speaking,
+            "calls": n, "answered": answered, "live": live, "ua_processes": len(ua),
+            "frames_in_per_call_s": round(fin / elapsed / per, 1),
+            "frames_out_per_call_s": round(fout / elapsed / per, 1),
+            "ua_cpu_pct_per_call": round(100 * ua_load / per, 2),
+            "ingress_cpu_pct_per_call": round(100 * ingress_load / per, 2),
+            "vad_cpu_pct_per_call": round(100 * vad_load / per, 2),
+            "ua_cores": round(ua_load, 2),
+            "ua_rss_mb": round(rss / 2**20), "ua_rss_mb_per_call": round(rss / 2**20 / per, 1),
         }
     finally:
-        # Let sipp end its calls with BYE (a killed peer would hold pjsua's few call slots
-        # until the BYE transaction times out).
+        await agents.finish()
         try:
-            await asyncio.to_thread(sipp.wait, hold_ms / 1000 + 30)
+            await asyncio.to_thread(sipp.wait, 30)
         except subprocess.TimeoutExpired:
             os.killpg(sipp.pid, 9)
             sipp.wait()
-        for c in list(core.calls.values()):
-            await core.end_call(c.call_id, "bench", "system")
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(3.0)
+
+
+async def run_layout(name: str, levels: list[int], window_s: float, speech: Path, workdir: Path) -> list[dict]:
+    import ray
+
+    from voxray.cluster.local import deploy, shutdown
+    from voxray.cluster.placement import local_ua_node
+    from voxray.cluster.ray_start import start_ray
+    from voxray.config import VoxrayConfig
+
+    config = VoxrayConfig()
+    config.serve.port = free_tcp_port()
+    config.serve.host = "127.0.0.1"
+    config.admission.asr_latency_s = None
+    agents = Agents(f"127.0.0.1:{config.serve.port}")
+    sip_port = free_udp_port()
+    top = max(levels)
+    config.transports.sip = config.transports.sip.model_validate({
+        "enabled": True, "bind": "127.0.0.1", "port": sip_port, "rtp_port": 30000, "rtp_port_range": 8000,
+        "max_calls": top, "webhook_url": f"http://127.0.0.1:{agents.port}/hook", "answer_timeout_s": 30,
+    })
+    config.transports.pool = config.transports.pool.model_validate({"webrtc_workers": 0, **LAYOUTS[name]})
+    start_ray(num_cpus=8, dashboard=False, log=lambda *_: None)
+    rows = []
+    try:
+        await asyncio.to_thread(deploy, config, log=lambda *_: None)
+        await agents.start()
+        node = local_ua_node(config.serve.app_name, config.media.model_dump(), config.transports.model_dump(),
+                             config.admission.model_dump())
+        for n in levels:
+            row = {"layout": name, **await run_level(node, agents, n, sip_port, speech, workdir, window_s)}
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    finally:
+        await agents.close()
+        await asyncio.to_thread(shutdown)
+        del ray
+    return rows
 
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calls", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--calls", type=int, nargs="+", default=[8, 32, 64])
+    ap.add_argument("--layouts", nargs="+", default=["old", "new"], choices=sorted(LAYOUTS))
     ap.add_argument("--window", type=float, default=10.0, help="seconds measured per level")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
-    if not shutil.which("sipp"):
-        sys.exit("sipp is needed (apt-get install sip-tester)")
-
-    from voxray.protocol import commands as cmd
-    from voxray.ua_node import sip as sipmod
-    from voxray.ua_node.node import UaNodeCore
-
+    for tool in ("sipp", "sox"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is needed (apt-get install sip-tester sox)")
     workdir = Path(tempfile.mkdtemp(prefix="voxray-sip-bench-"))
     speech = make_speech(workdir)
-    services = VadOnlyServices()
-    core = UaNodeCore(services)
-    sip_port = free_udp_port()
-    # Every inbound call is answered the way an agent's accept is, without Serve in the way.
-    await sipmod.register(core, {"enabled": True, "port": sip_port, "rtp_port": 26000, "rtp_port_range": 2000,
-                                 "rules": [{"callee": "^sip:bench", "url": "http://127.0.0.1:9/unused"}]})
-    endpoint = sipmod._endpoint
-
-    async def auto_route(t, info, route):  # replaces the webhook: accept at once
-        call = core.calls[t.call_id]
-        await endpoint.incall.handle_command(call, cmd.Accept(option=cmd.CallOption(asr=None)))
-    endpoint.inbound.route = auto_route
-
     rows = []
-    try:
-        for n in args.calls:
-            row = await run_level(core, endpoint, n, sip_port, speech, workdir, args.window, services)
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
-    finally:
-        await core.shutdown()
+    for layout in args.layouts:
+        rows += await run_layout(layout, args.calls, args.window, speech, workdir)
     cores = psutil.cpu_count(logical=True)
-    print(f"\nSIP media path, VAD on, ASR off ({cores} logical cores, {args.window:.0f} s window per level)\n")
-    print("| concurrent calls | CPU (cores) | CPU ms per call-second | calls per core "
-          "| RTP frames in /call/s | VAD windows /call/s |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print(f"\nSIP calls into one node: sipp speech (PCMA 20 ms), VAD on, ASR off ({cores} logical cores, "
+          f"{args.window:.0f} s window per level)\n")
+    print("| layout | calls placed | answered | UA processes | RTP frames in / out per call-s "
+          "| UA CPU % of a core per call | ingress % | VAD % | UA RSS MB (per call) |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|---|")
     for r in rows:
-        print(f"| {r['calls']} | {r['cpu_cores']:.2f} | {r['cpu_ms_per_call_s']:.1f} | {r['calls_per_core']} "
-              f"| {r['frames_in_per_call_s']} | {r['vad_windows_per_call_s']} |")
+        print(f"| {r['layout']} | {r['calls']} | {r['answered']} | {r['ua_processes']} "
+              f"| {r['frames_in_per_call_s']} / {r['frames_out_per_call_s']} | {r['ua_cpu_pct_per_call']} "
+              f"| {r['ingress_cpu_pct_per_call']} | {r['vad_cpu_pct_per_call']} "
+              f"| {r['ua_rss_mb']} ({r['ua_rss_mb_per_call']}) |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

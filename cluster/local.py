@@ -48,8 +48,12 @@ def deploy(config: VoxrayConfig, log=print) -> None:
     from voxray.cluster.placement import ensure_ua_nodes_for
 
     for info in ensure_ua_nodes_for(config):
+        roles = [w["role"] for w in info.get("workers", {}).values()]
+        pool = ", ".join(f"{roles.count(r)} {r} worker{'s' if roles.count(r) > 1 else ''}"
+                         for r in ("sip", "webrtc") if r in roles)
+        front = f"; SIP front {info['front']}" if info.get("front") else ""
         log(f"  [{time.monotonic() - t0:5.1f}s] UA node on {info['node_id'][:12]}: "
-            f"{', '.join(info['transports']) or 'no network transports'}")
+            f"{pool or 'no network transports'}{front}")
     log(f"voxray is serving on ws://{config.serve.host}:{config.serve.port}/call "
         f"({time.monotonic() - t0:.1f}s)")
 

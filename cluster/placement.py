@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(1 if left else 0)
     config = VoxrayConfig.load(args.config)
     for info in ensure_ua_nodes_for(config):
-        eprint(f"UA node on {info['node_id'][:12]}: {', '.join(info['transports']) or 'no network transports'}")
+        eprint(f"UA node on {info['node_id'][:12]}: {', '.join(info['transports']) or 'no network transports'}"
+               f" ({len(info.get('workers', {}))} workers)")
 
 
 if __name__ == "__main__":

@@ -333,9 +333,14 @@ class AgentChannel:
             if answer is not None:
                 await self.emit(answer)
         elif isinstance(c, cmd.Accept):
-            # An inbound call: `accept` sets it up as `invite` does an outbound one.
-            await self.media.command(c)
-            self.option = c.option
+            # An inbound call: `accept` sets it up as `invite` does an outbound one. The
+            # option is set first: the UA's `answer` can come back before the command returns.
+            previous, self.option = self.option, c.option
+            try:
+                await self.media.command(c)
+            except ProtocolError:
+                self.option = previous
+                raise
         else:
             await self.media.command(c)
 

@@ -141,7 +141,7 @@ def sipp_messages(scenario: Path, workdir: Path) -> str:
 
 
 def rtp_packets(pcap: Path) -> list[tuple[int, int, bytes]]:
-    """(destination port, payload type, payload) of the RTP packets in a pcap file."""
+    """(source port, payload type, payload) of the RTP packets in a pcap file."""
     data = pcap.read_bytes()
     if len(data) < 24:
         return []
@@ -159,7 +159,7 @@ def rtp_packets(pcap: Path) -> list[tuple[int, int, bytes]]:
         rtp = udp[8:]
         if len(rtp) < 12 or rtp[0] >> 6 != 2 or 72 <= (rtp[1] & 0x7F) <= 76:  # not RTCP
             continue
-        out.append((struct.unpack(">H", udp[2:4])[0], rtp[1] & 0x7F, rtp[12 + 4 * (rtp[0] & 15):]))
+        out.append((struct.unpack(">H", udp[0:2])[0], rtp[1] & 0x7F, rtp[12 + 4 * (rtp[0] & 15):]))
     return out
 
 

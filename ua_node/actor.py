@@ -101,11 +101,19 @@ class UaNode:
         handle, st = self.workers[key]
         try:
             info = await asyncio.wait_for(handle.ready.remote(), timeout)
-        except Exception as exc:
+        except asyncio.TimeoutError:
             missed = st.missed_ping()
-            log.warning("ua worker did not answer", extra={"worker": key, "missed": missed, "error": repr(exc)})
+            log.warning("ua worker did not answer", extra={"worker": key, "missed": missed})
             if missed == 3:  # hung, not dead (Ray restarts the dead): a new process
-                ray.kill(handle, no_restart=False)
+                try:
+                    ray.kill(handle, no_restart=False)
+                except Exception as exc:
+                    log.warning("ua worker restart failed", extra={"worker": key, "error": repr(exc)})
+            return
+        except Exception as exc:  # died: Ray is bringing it back
+            if st.up:
+                log.warning("ua worker lost", extra={"worker": key, "error": type(exc).__name__})
+            st.missed_ping()
             return
         if st.heard(info):
             log.warning("ua worker restarted", extra={"worker": key, "pid": st.pid, "restarts": st.restarts})
@@ -114,15 +122,18 @@ class UaNode:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.pool.health_interval_s)
-            await asyncio.gather(*(self._ping(k, self.pool.health_timeout_s) for k in self.workers))
-            for role in (SIP, WEBRTC):
-                metrics.set_gauge("ua_workers_up", sum(1 for _, st in self.workers.values()
-                                                       if st.spec.role == role and st.up), role=role)
-            if self.front is not None:
-                try:
-                    await self.front.set_destinations(self._destinations())
-                except Exception as exc:
-                    log.warning("sip front update failed", extra={"error": repr(exc)})
+            try:
+                await self._check()
+            except Exception as exc:  # the watch never stops
+                log.warning("ua worker check failed", extra={"error": repr(exc)})
+
+    async def _check(self) -> None:
+        await asyncio.gather(*(self._ping(k, self.pool.health_timeout_s) for k in self.workers))
+        for role in (SIP, WEBRTC):
+            metrics.set_gauge("ua_workers_up", sum(1 for _, st in self.workers.values()
+                                                   if st.spec.role == role and st.up), role=role)
+        if self.front is not None:
+            await self.front.set_destinations(self._destinations())
 
     async def ready(self) -> dict:
         await asyncio.shield(self._setup)
@@ -155,6 +166,10 @@ class UaNode:
         lists = await asyncio.gather(*(h.list_calls.remote() for h, _ in self.workers.values()),
                                      return_exceptions=True)
         return [c for calls in lists if isinstance(calls, list) for c in calls]
+
+    async def worker(self, key: str):
+        """A worker's handle by its key (sip0, webrtc1, ...): for tests and the bench."""
+        return self.workers[key][0]
 
     async def worker_pids(self) -> dict[str, int | None]:
         return {k: st.pid for k, (_, st) in self.workers.items()}

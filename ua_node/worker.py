@@ -80,6 +80,14 @@ class UaWorker:
                 "transports": sorted(self.core.transports), "calls": self.core.live_calls(),
                 "draining": self.core.draining, "sip_port": self._sip_port()}
 
+    async def media_stats(self) -> dict:
+        """Calls and the frames they moved (SIP workers); the bench reads it."""
+        if self.role != SIP:
+            return {"calls": self.core.live_calls(), "frames_in": 0, "frames_out": 0}
+        from voxray.ua_node import sip
+
+        return sip.media_stats()
+
     async def open_call(self, call_id: str, kind: str, option: dict) -> CommandResult:
         await self._transport_up()
         return await self.core.open_call(call_id, kind, option)

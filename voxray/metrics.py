@@ -45,6 +45,10 @@ def _registry():
         "asr_batch_ms": Histogram("voxray_asr_batch_compute_ms", "Whisper time per batch", boundaries=_MS_BUCKETS),
         "asr_partials_skipped": Counter("voxray_asr_partials_skipped_total",
                                         "partial transcripts dropped undecoded (superseded or too late)"),
+        "ua_workers_up": Gauge("voxray_ua_workers_up", "UA worker processes answering their node's pings",
+                               tag_keys=("role",)),
+        "ua_worker_restarts": Counter("voxray_ua_worker_restarts_total", "UA worker processes that came back new",
+                                      tag_keys=("worker",)),
         "vad_ms": Histogram("voxray_vad_compute_ms", "VAD model time per batch", boundaries=[1, 2, 5, 10, 20, 50]),
     }
 
