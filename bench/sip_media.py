@@ -170,6 +170,22 @@ def _rss(procs: list[psutil.Process]) -> int:
     return total
 
 
+async def _ua_processes(node) -> list[psutil.Process]:
+    info = await node.ready.remote()
+    node_pid = await node.pid.remote()
+    return _procs([w["pid"] for w in info["workers"].values() if w["role"] == "sip"] + [node_pid]) + \
+        _kamailios(node_pid)
+
+
+async def idle_cores(node, window_s: float) -> float:
+    """What the node's UA processes cost with no call up (pings, pj polling, Ray's own)."""
+    await asyncio.sleep(3.0)
+    procs = await _ua_processes(node)
+    cpu0, t0 = _cpu(procs), time.monotonic()
+    await asyncio.sleep(window_s)
+    return round((_cpu(procs) - cpu0) / (time.monotonic() - t0), 3)
+
+
 async def run_level(node, agents: Agents, n: int, sip_port: int, speech: Path, workdir: Path,
                     window_s: float) -> dict:
     hold_ms = int((window_s + 20 + n / 10) * 1000)
@@ -188,10 +204,8 @@ async def run_level(node, agents: Agents, n: int, sip_port: int, speech: Path, w
         await asyncio.sleep(3.0)  # refusals settle, jitter buffers and VAD warm up
         answered = len(agents.answered)
         info = await node.ready.remote()
-        workers = [w for w in info["workers"].values() if w["role"] == "sip"]
         handles = [await node.worker.remote(k) for k, w in info["workers"].items() if w["role"] == "sip"]
-        ua = _procs([w["pid"] for w in workers] + [await node.pid.remote()])
-        ua += _kamailios(await node.pid.remote())
+        ua = await _ua_processes(node)
         ingress, vad = _replicas("Ingress"), _replicas("VadDeployment")
         stats0 = await asyncio.gather(*(h.media_stats.remote() for h in handles))
         cpu0 = (_cpu(ua), _cpu(ingress), _cpu(vad))
@@ -253,6 +267,8 @@ async def run_layout(name: str, levels: list[int], window_s: float, speech: Path
         await agents.start()
         node = local_ua_node(config.serve.app_name, config.media.model_dump(), config.transports.model_dump(),
                              config.admission.model_dump())
+        idle = await idle_cores(node, window_s)
+        print(json.dumps({"layout": name, "idle_ua_cores": idle}), file=sys.stderr, flush=True)
         for n in levels:
             row = {"layout": name, **await run_level(node, agents, n, sip_port, speech, workdir, window_s)}
             rows.append(row)

@@ -79,7 +79,7 @@ def _chunks(audio: np.ndarray) -> list[bytes]:
 def run_voxray(audio: np.ndarray, streams: int, batched: bool) -> tuple[VadResult, list[list[float]]]:
     """Every stream's audio, 64 ms at a time in time order, with state carried between calls."""
     from voxray.media.messages import VadChunk
-    from voxray.deployments.silero import SileroBatch
+    from voxray.providers.silero_vad import SileroBatch
 
     model = SileroBatch(threads=1)
     model.run([VadChunk(key="warm", pcm=_chunks(audio)[0])])  # first-run allocation out of the timing

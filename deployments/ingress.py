@@ -19,7 +19,7 @@ from voxray.deployments.agent_channel import AgentChannel, iso
 from voxray.deployments.call_dump import CallDump
 from voxray.deployments.call_media import LocalMedia
 from voxray.deployments.console import router as console_router
-from voxray.deployments.local_vad import InProcessVad
+from voxray.providers.silero_vad import InProcessVad
 from voxray.deployments.remote_media import RemoteMedia
 from voxray.deployments.ws_receive import pace_serve_receive
 from voxray import metrics
@@ -67,7 +67,8 @@ class Ingress:
         self.dump_dir = sec.dump_dir
         self.media_config_dict = media or {}
         self.media_config = MediaConfig(**self.media_config_dict)
-        local_vad = InProcessVad(vad_model) if self.media_config.vad_in_process else None
+        local_vad = (InProcessVad(vad_model or self.media_config.vad_model)
+                     if self.media_config.vad_in_process else None)
         self.services = ServeModelServices(vad, asr, tts, on_asr_time=self.admission.observe_asr,
                                            vad_window_s=self.media_config.vad_batch_window_ms / 1000,
                                            vad_infer=local_vad.infer if local_vad else None)

@@ -21,7 +21,7 @@ class LocalModelServices:
 
     def __init__(self, providers: ProvidersConfig | None = None) -> None:
         from voxray.deployments.asr import make_asr_chain
-        from voxray.deployments.local_vad import InProcessVad
+        from voxray.providers.silero_vad import InProcessVad
         from voxray.deployments.tts import make_tts_chain
 
         providers = providers or ProvidersConfig()

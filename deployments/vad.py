@@ -5,7 +5,7 @@ from __future__ import annotations
 from ray import serve
 
 from voxray.media.messages import VadBatch, VadBatchResult
-from voxray.deployments.local_vad import InProcessVad
+from voxray.providers.silero_vad import InProcessVad
 from voxray.faults import enable_fault_dumps
 from voxray.logs import get_logger
 

@@ -35,6 +35,11 @@ def silero_vad_path() -> str:
     override = voxray_env().silero_vad
     if override:
         return override
-    import silero_vad
+    # Found without importing the package: `import silero_vad` imports torch (~200 MB per
+    # process), and the ONNX model is all the VAD here needs.
+    import importlib.util
 
-    return str(Path(silero_vad.__file__).parent / "data" / "silero_vad.onnx")
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("silero-vad is not installed")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx")

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import SENTENCE
 from voxray.media.messages import VadChunk
-from voxray.deployments.silero import WINDOW, SileroBatch
+from voxray.providers.silero_vad import WINDOW, SileroBatch
 from voxray.providers.piper_local import PiperLocal
 from voxray.providers.whisper_local import WhisperLocal
 

@@ -34,15 +34,24 @@ class UaWorker:
         from voxray.media.services import ServeModelServices
 
         self.role, self.index = role, index
+        media_config = MediaConfig(**(media or {}))
         gate = Admission(AdmissionSettings.model_validate(admission or {}),
                          on_limit=lambda v: metrics.set_gauge("admission_limit", v, where=f"ua_{role}{index}"))
+        # The calls' audio is in this process: VAD runs here too, batched over its calls
+        # (a Serve handle call per batch cost more than Silero's own work: bench/sip_media.py).
+        local_vad = None
+        if media_config.vad_in_process:
+            from voxray.providers.silero_vad import InProcessVad
+
+            local_vad = InProcessVad(media_config.vad_model)
         services = ServeModelServices(
             serve.get_deployment_handle("VadDeployment", app_name),
             serve.get_deployment_handle("AsrDeployment", app_name),
             serve.get_deployment_handle("TtsDeployment", app_name),
-            on_asr_time=gate.observe_asr,
+            on_asr_time=gate.observe_asr, vad_window_s=media_config.vad_batch_window_ms / 1000,
+            vad_infer=local_vad.infer if local_vad else None,
         )
-        self.core = UaNodeCore(services, MediaConfig(**(media or {})), gate)
+        self.core = UaNodeCore(services, media_config, gate)
         self._transport_config = transports or {}
         self.started = time.time()
         # The transport comes up now, on the actor's loop: a worker restarted after a crash

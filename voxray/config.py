@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from voxray.admission import AdmissionSettings
 from voxray.env import voxray_env
@@ -39,8 +39,11 @@ class MediaSettings(BaseModel):
     vad_chunk_windows: int = Field(3, ge=1, le=16)
     # The /call media plane's CPU per call (bench/media_plane.py measures these defaults
     # beside the old behaviour: vad_in_process false, the two below 0, vad_chunk_windows 2).
-    vad_in_process: bool = Field(True, description="/call: run Silero in the ingress process that holds "
-                                 "the call (false: through the VadDeployment, a Serve handle call per batch)")
+    vad_in_process: bool = Field(True, description="run Silero in the process that holds the call's audio: "
+                                 "the ingress for /call, the UA workers for SIP and WebRTC (false: through "
+                                 "the VadDeployment, a Serve handle call per batch)")
+    vad_model: str | None = Field(None, description="Silero ONNX file for in-process VAD; default: "
+                                  "models.silero_vad, else the one silero-vad ships")
     vad_batch_window_ms: int = Field(20, ge=0, le=100, description="a VAD chunk waits at most this long "
                                      "for other calls' chunks (0: it leaves at once when no batch is in flight)")
     ws_receive_max_wait_ms: int = Field(110, ge=0, le=500, description="/call: read the socket from Serve's "
@@ -124,6 +127,13 @@ class VoxrayConfig(BaseModel):
     vad: Scaling = Field(default_factory=lambda: Scaling(target_ongoing_requests=4))
     asr: Scaling = Field(default_factory=Scaling)
     tts: Scaling = Field(default_factory=Scaling)
+
+    @model_validator(mode="after")
+    def _vad_model_everywhere(self) -> "VoxrayConfig":
+        # The in-process VAD of the ingress and of every UA worker loads the configured model.
+        if self.media.vad_model is None and self.models.silero_vad:
+            self.media.vad_model = self.models.silero_vad
+        return self
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> "VoxrayConfig":

@@ -8,6 +8,7 @@ A port is freed only through `lifetime.destroy` on the pj thread (see there why)
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 
 import numpy as np
@@ -28,6 +29,33 @@ def audio_format() -> pj.MediaFormatAudio:
     fmt.bitsPerSample = 16
     fmt.frameTimeUsec = 20000
     return fmt
+
+
+def _vector_reader() -> Callable[[pj.ByteVector], bytes]:
+    """The bytes of a pjsua2 ByteVector (a std::vector<unsigned char>).
+
+    `bytes(v)` walks SWIG's iterator: ~290 us for a 640-byte frame, 1.4 % of a core per
+    call at 50 frames a second. Read the vector's storage instead (libstdc++ lays a vector
+    out as begin, end, capacity pointers): ~1 us. Checked against the slow way once at
+    import; on a library laid out differently the slow way stays.
+    """
+    def slow(v: pj.ByteVector) -> bytes:
+        return bytes(v)
+
+    def fast(v: pj.ByteVector) -> bytes:
+        begin, end, _ = (ctypes.c_size_t * 3).from_address(int(v.this))
+        return ctypes.string_at(begin, end - begin) if end > begin else b""
+
+    try:
+        probe = bytes(range(256)) * 3
+        if fast(pj.ByteVector(probe)) == probe and fast(pj.ByteVector()) == b"":
+            return fast
+    except Exception:
+        pass
+    return slow
+
+
+read_vector = _vector_reader()
 
 
 class BridgePort(pj.AudioMediaPort):
@@ -60,4 +88,4 @@ class BridgePort(pj.AudioMediaPort):
         if self.retired or frame.type != pj.PJMEDIA_FRAME_TYPE_AUDIO or frame.size == 0:
             return
         self.frames_in += 1
-        self._on_frame(bytes(frame.buf))
+        self._on_frame(read_vector(frame.buf))

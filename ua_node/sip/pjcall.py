@@ -174,7 +174,7 @@ class SipCall(pj.Call):
             self.audio_index = mi.index
             if self.port is None:
                 t = self.transport
-                self.port = BridgePort(lambda pcm: self.stack.to_loop(t.pj_audio, pcm), t.next_frame)
+                self.port = BridgePort(lambda pcm: self.stack.frames.put(t.pj_audio, pcm), t.next_frame)
                 self.port.createPort(f"vox-{t.call_id[:20]}", audio_format())
                 rec_file = t.recorder_file
                 if rec_file:

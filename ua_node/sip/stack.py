@@ -10,6 +10,7 @@ runs on a pjmedia thread and only touches the media ports' thread-safe queues.
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import queue
 import threading
@@ -32,6 +33,34 @@ class PjLogWriter(pj.LogWriter):
             log.debug("pjsip", extra={"pj": msg})
 
 
+class FrameInbox:
+    """Audio frames from pjmedia's clock thread to the asyncio loop, one wake-up per clock
+    tick for all calls: the clock hands every call's frame over within the same tick, and
+    a `call_soon_threadsafe` per frame (50 per call-second) woke the loop once per frame."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._frames: collections.deque[tuple[Callable[[bytes], None], bytes]] = collections.deque()
+        self._scheduled = False
+
+    def put(self, fn: Callable[[bytes], None], pcm: bytes) -> None:  # clock thread
+        self._frames.append((fn, pcm))
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # loop closed: shutting down
+                pass
+
+    def _drain(self) -> None:  # loop
+        # Cleared first: a frame put while draining schedules the next drain, none is lost.
+        self._scheduled = False
+        frames = self._frames
+        while frames:
+            fn, pcm = frames.popleft()
+            fn(pcm)
+
+
 class PjStack:
     def __init__(self, settings: SipSettings, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
@@ -46,6 +75,7 @@ class PjStack:
         self._tickers: list[Callable[[], None]] = []
         self._on_shutdown: list[Callable[[], None]] = []
         self._log_writer: PjLogWriter | None = None
+        self.frames = FrameInbox(loop)
 
     # -- from any thread -------------------------------------------------------------
 

@@ -12,7 +12,8 @@ from voxray.protocol import events as ev
 class MediaConfig:
     ptime_ms: int = 20
     vad_chunk_windows: int = 3  # 96 ms of audio per VAD request per call
-    vad_in_process: bool = True  # /call: Silero in the ingress process, not through the VadDeployment
+    vad_in_process: bool = True  # Silero in the process holding the audio (ingress, UA worker), not a deployment
+    vad_model: str | None = None  # its ONNX file (None: the packaged one)
     vad_batch_window_ms: int = 20  # the most a chunk waits for other calls' chunks (0: none)
     ws_receive_max_wait_ms: int = 110  # /call: the most a message waits in Serve's proxy (0: one read per message)
     end_silence_ms: int = 480  # silence that ends a turn when its transcript says nothing either way

@@ -1,15 +1,26 @@
 """Silero VAD run over many streams at once, with each stream's state carried in.
 
-The model is stepped window by window; at each step every stream that still has a
-window goes into one batched ONNX call, so N concurrent calls cost about one call
+`SileroBatch` steps the model window by window; at each step every stream that still
+has a window goes into one batched ONNX call, so N concurrent calls cost about one call
 of batch N rather than N calls.
+
+`InProcessVad` runs those batches off the event loop of the process that holds the
+calls' audio: the VadDeployment's replicas, the ingress for `/call` sessions, and each
+UA worker for its SIP and WebRTC calls (`[media] vad_in_process`). Silero costs about
+2 ms of CPU per second of audio batched over calls (bench/run.py's VAD table); a Serve
+handle call costs the caller, Serve's router thread and the VAD replica more than the
+model's own work (bench/media_plane.py, bench/sip_media.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import numpy as np
 
-from voxray.media.messages import VadChunk, VadChunkResult
+from voxray import metrics
+from voxray.media.messages import VadBatch, VadBatchResult, VadChunk, VadChunkResult
 from voxray.providers.model_paths import silero_vad_path
 
 WINDOW = 512
@@ -65,3 +76,18 @@ class SileroBatch:
             )
             for i, c in enumerate(chunks)
         ]
+
+
+class InProcessVad:
+    def __init__(self, model_path: str | None = None) -> None:
+        self._model = SileroBatch(model_path)
+
+    async def infer(self, batch: VadBatch) -> VadBatchResult:
+        t0 = time.perf_counter()
+        # Off the event loop (a batch of 256 streams takes ~10 ms); an ONNX Runtime session
+        # may run in two threads at once, which is the most the VadBatcher sends.
+        results = await asyncio.to_thread(self._model.run, batch.chunks)
+        compute_ms = (time.perf_counter() - t0) * 1000
+        metrics.observe("vad_batch", len(batch.chunks))
+        metrics.observe("vad_ms", compute_ms)
+        return VadBatchResult(results=results, compute_ms=compute_ms)
