@@ -10,7 +10,7 @@ Measured from a driver inside a running voxray app (handles from
   time measured in this process with the same code and voice (median vs median).
 - Serve handle, no work: `CallRegistry.list` (a tiny reply), for the bare handle cost.
 - Plain Ray actor call: an echo actor taking the same 64 ms chunk.
-- UA node actor call: `list_calls` on this node's UA node (the ingress <-> UA node hop).
+- UA worker actor call: `list_calls` on one of this node's UA workers (the ingress <-> UA worker hop).
 
 Calls are sequential (one in flight), so queueing behind other work is not counted.
 Run alone: .venv/bin/python bench/ray_hops.py [--quick] (starts its own embedded Ray).
@@ -115,8 +115,9 @@ async def measure(app_name: str = "voxray", n: int = 200, n_model: int = 20, log
             return len(data)
 
     echo = Echo.remote()
-    ua = local_ua_node(app_name)
-    await ua.ready.remote()
+    node = local_ua_node(app_name)
+    first = sorted((await node.ready.remote())["workers"])[0]
+    ua = await node.worker.remote(first)  # calls talk to their UA worker directly
 
     async def vad_call() -> float:
         return (await vad.infer.remote(chunk)).compute_ms
@@ -145,7 +146,7 @@ async def measure(app_name: str = "voxray", n: int = 200, n_model: int = 20, log
         ("TTS synthesize, first chunk", n_model, tts_call, False),
         ("Serve handle, no work (registry)", n, registry_call, False),
         ("plain Ray actor call (64 ms chunk)", n, actor_call, False),
-        ("UA node actor call (list_calls)", n, ua_call, False),
+        ("UA worker actor call (list_calls)", n, ua_call, False),
     ):
         log(f"hops bench: {name} x{count}")
         total, model = await _timed(count, fn)

@@ -188,7 +188,7 @@ async def idle_cores(node, window_s: float) -> float:
 
 async def run_level(node, agents: Agents, n: int, sip_port: int, speech: Path, workdir: Path,
                     window_s: float) -> dict:
-    hold_ms = int((window_s + 20 + n / 10) * 1000)
+    hold_ms = int((window_s + 30 + n / 4) * 1000)  # every call stays up through the window
     scenario = (ROOT / "bench/sip/uac_bench.xml").read_text()
     scen = workdir / f"uac_bench_{n}.xml"
     scen.write_text(scenario.replace("@SPEECH@", str(speech)).replace("@HOLD_MS@", str(hold_ms)))
@@ -198,10 +198,16 @@ async def run_level(node, agents: Agents, n: int, sip_port: int, speech: Path, w
          "-m", str(n), "-l", str(n), "-r", "20", "-nostdin", f"127.0.0.1:{sip_port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=workdir)
     try:
+        # Until all are answered, or no more are (refused: the old layout's limit).
         deadline = time.monotonic() + 20 + n / 4
+        seen, changed = 0, time.monotonic()
         while time.monotonic() < deadline and len(agents.answered) < n:
+            if len(agents.answered) != seen:
+                seen, changed = len(agents.answered), time.monotonic()
+            elif time.monotonic() - changed > 5 and time.monotonic() > deadline - 15 - n / 4 + n / 20:
+                break
             await asyncio.sleep(0.2)
-        await asyncio.sleep(3.0)  # refusals settle, jitter buffers and VAD warm up
+        await asyncio.sleep(3.0)  # jitter buffers and VAD warm up
         answered = len(agents.answered)
         info = await node.ready.remote()
         handles = [await node.worker.remote(k) for k, w in info["workers"].items() if w["role"] == "sip"]

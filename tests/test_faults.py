@@ -1,4 +1,4 @@
-"""Faults survived: a model replica killed in the middle of a call."""
+"""Faults survived: a model replica or a UA worker killed in the middle of a call."""
 
 from __future__ import annotations
 
@@ -82,22 +82,45 @@ async def test_call_survives_a_killed_asr_replica(voxray_server, speech16k):
         await _healthy(deployment)
 
 
-async def test_webrtc_call_survives_a_killed_vad_replica(voxray_server, speech16k):
-    """UA-node sessions (WebRTC, SIP) run VAD on the VadDeployment (`/call` runs Silero in the
-    ingress): a replica killed while the caller talks is retried until its successor answers."""
+async def test_a_killed_webrtc_worker_ends_its_call_and_the_next_call_is_served(voxray_server, speech16k):
+    """UA workers hold SIP and WebRTC media (VAD included); one killed mid-call ends that
+    call with `ua_worker_lost`, and the node's other WebRTC worker takes the next call
+    while Ray brings the dead one back."""
+    import os
+    import signal
+
     from tests.rtcpeer import RtcPeer
     from tests.test_webrtc import _call
+    from voxray.cluster.placement import NAMESPACE, ua_node_name
 
-    peer = RtcPeer(np.concatenate([np.zeros(8000, np.int16), speech16k]))  # then silence, for ever
+    node = ray.get_actor(ua_node_name(ray.get_runtime_context().get_node_id()), namespace=NAMESPACE)
+    peer = RtcPeer(np.concatenate([np.zeros(8000, np.int16), speech16k]))
     client = await _call(voxray_server, peer)
     try:
         await client.wait_for("speaking", timeout=60)
-        killed = await asyncio.to_thread(_kill_replica, "VadDeployment")
-        await _heard_and_still_usable(client, await client.wait_for("asrFinal", timeout=90), killed)
+        held = [c["worker"] for c in await node.list_calls.remote() if c["kind"] == "webrtc"]
+        assert len(held) == 1, held
+        pid = (await node.worker_pids.remote())[held[0]]
+        os.kill(pid, signal.SIGKILL)
+        hangup = await client.wait_for("hangup", timeout=30)
+        assert hangup["reason"] == "ua_worker_lost", hangup
     finally:
         await client.close()
         await peer.close()
-        await _healthy("VadDeployment")
+    peer = RtcPeer(np.concatenate([np.zeros(8000, np.int16), speech16k]))
+    client = await _call(voxray_server, peer)
+    try:
+        await _heard_and_still_usable(client, await client.wait_for("asrFinal", timeout=90), held[0])
+    finally:
+        await client.close()
+        await peer.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        w = (await node.ready.remote())["workers"][held[0]]
+        if w["up"] and w["pid"] != pid:
+            return
+        await asyncio.sleep(1.0)
+    raise AssertionError(f"{held[0]} did not come back")
 
 
 async def test_tts_replica_killed_then_tts_retries(voxray_server):
