@@ -4,7 +4,9 @@ Two node layouts in one run, each on a fresh embedded single-node Ray with the a
 deployed as a user would (`voxray serve`):
 
 - **old**: one UA process is the node's SIP address (`transports.pool.front.kind =
-  "none"`); pjsua2's build limit (4 calls per process) caps the node.
+  "none"`) and sends VAD batches to the VadDeployment (`media.vad_in_process = false`),
+  as the UA node did before its worker pool; pjsua2's build limit (4 calls per process)
+  caps the node.
 - **new**: the default, a pool of SIP worker processes (4 calls each) behind the node's
   Kamailio front, which spreads INVITEs by call load.
 
@@ -44,8 +46,10 @@ os.environ.setdefault("VOXRAY_LOG_LEVEL", "WARNING")
 from tests.sip_env import free_media_ports, free_tcp_port, free_udp_port  # noqa: E402
 
 LAYOUTS = {
-    "old": {"front": {"kind": "none"}},  # one UA process, pjsua2's 4 calls
-    "new": {},  # the defaults: SIP workers behind Kamailio
+    # One UA process, pjsua2's 4 calls, VAD through the VadDeployment: the node as it was.
+    "old": {"pool": {"front": {"kind": "none"}}, "media": {"vad_in_process": False}},
+    # The defaults: SIP workers behind Kamailio, VAD in the workers.
+    "new": {"pool": {}, "media": {}},
 }
 
 
@@ -119,6 +123,86 @@ class Agents:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+
+
+class ConversationAgents(Agents):
+    """Agents that hold a whole conversation: accept (real ASR), hear the caller's sentence,
+    answer it with TTS, hang up."""
+
+    SENTENCE = "Hello, I need help with my account. Could you check my last bill?"
+
+    def __init__(self, server: str) -> None:
+        super().__init__(server)
+        self.rows: list[dict] = []
+
+    async def _agent(self, call_id: str) -> None:
+        import websockets
+
+        from tests.test_models import wer
+
+        row = {"answered": False, "wer": None, "replied": False, "hung_up": False}
+        self.rows.append(row)
+        async with websockets.connect(f"ws://{self.server}/call/sip?id={call_id}", max_size=None) as ws:
+            async def until(name: str, **match) -> dict:
+                async for raw in ws:
+                    if isinstance(raw, str):
+                        event = json.loads(raw)
+                        if event.get("event") == name and all(event.get(k) == v for k, v in match.items()):
+                            return event
+                raise ConnectionError(f"socket closed before {name}")
+
+            await asyncio.wait_for(until("incoming"), 60)
+            await ws.send(json.dumps({"command": "accept", "option": {}}))
+            await asyncio.wait_for(until("answer"), 60)
+            row["answered"] = True
+            final = await asyncio.wait_for(until("asrFinal"), 180)
+            row["wer"] = wer(self.SENTENCE, final["text"])
+            await ws.send(json.dumps({"command": "tts", "text": "Sure, let me check your last bill.",
+                                      "playId": "r1"}))
+            await asyncio.wait_for(until("trackEnd", playId="r1"), 120)
+            row["replied"] = True
+            await ws.send(json.dumps({"command": "hangup"}))
+            await asyncio.wait_for(until("hangup"), 30)
+            row["hung_up"] = True
+
+
+async def run_conversations(n: int, speech: Path, workdir: Path) -> dict:
+    """N concurrent inbound calls of real speech into a node with the default configuration."""
+    from voxray.cluster.local import deploy, shutdown
+    from voxray.cluster.ray_start import start_ray
+    from voxray.config import VoxrayConfig
+
+    config = VoxrayConfig()
+    config.serve.port = free_tcp_port()
+    config.serve.host = "127.0.0.1"
+    agents = ConversationAgents(f"127.0.0.1:{config.serve.port}")
+    sip_port = free_udp_port()
+    config.transports.sip = config.transports.sip.model_validate({
+        "enabled": True, "bind": "127.0.0.1", "port": sip_port, "max_calls": n,
+        "webhook_url": f"http://127.0.0.1:{agents.port}/hook"})
+    start_ray(num_cpus=8, dashboard=False, log=lambda *_: None)
+    try:
+        await asyncio.to_thread(deploy, config, log=lambda *_: None)
+        await agents.start()
+        scen = workdir / "uac_conversation.xml"
+        scen.write_text((ROOT / "bench/sip/uac_conversation.xml").read_text().replace("@SPEECH@", str(speech)))
+        t0 = time.monotonic()
+        sipp = await asyncio.create_subprocess_exec(
+            "timeout", "-s", "KILL", "400", "sipp", "-sf", str(scen), "-i", "127.0.0.1", "-p", str(free_udp_port()),
+            "-mp", str(free_media_ports(20000, 60000)), "-m", str(n), "-l", str(n), "-r", "20", "-nostdin",
+            f"127.0.0.1:{sip_port}", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
+        rc = await sipp.wait()
+        elapsed = time.monotonic() - t0
+        await asyncio.gather(*agents.tasks, return_exceptions=True)
+    finally:
+        await agents.close()
+        await asyncio.to_thread(shutdown)
+    rows = agents.rows
+    wers = sorted(r["wer"] for r in rows if r["wer"] is not None)
+    return {"calls": n, "answered": sum(r["answered"] for r in rows), "transcribed": len(wers),
+            "median_wer": round(wers[len(wers) // 2], 2) if wers else None,
+            "replied": sum(r["replied"] for r in rows), "hung_up": sum(r["hung_up"] for r in rows),
+            "sipp_ok": rc == 0, "seconds": round(elapsed, 1)}
 
 
 def _procs(pids: list[int]) -> list[psutil.Process]:
@@ -265,7 +349,8 @@ async def run_layout(name: str, levels: list[int], window_s: float, speech: Path
         "enabled": True, "bind": "127.0.0.1", "port": sip_port, "rtp_port": 30000, "rtp_port_range": 8000,
         "max_calls": top, "webhook_url": f"http://127.0.0.1:{agents.port}/hook", "answer_timeout_s": 30,
     })
-    config.transports.pool = config.transports.pool.model_validate({"webrtc_workers": 0, **LAYOUTS[name]})
+    config.transports.pool = config.transports.pool.model_validate({"webrtc_workers": 0, **LAYOUTS[name]["pool"]})
+    config.media = config.media.model_copy(update=LAYOUTS[name]["media"])
     start_ray(num_cpus=8, dashboard=False, log=lambda *_: None)
     rows = []
     try:
@@ -292,12 +377,24 @@ async def main() -> None:
     ap.add_argument("--layouts", nargs="+", default=["old", "new"], choices=sorted(LAYOUTS))
     ap.add_argument("--window", type=float, default=10.0, help="seconds measured per level")
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--conversations", type=int, metavar="N",
+                    help="instead: N concurrent inbound calls of speech into a node with the default "
+                         "configuration, each answered, transcribed, replied to and hung up by an agent")
     args = ap.parse_args()
     for tool in ("sipp", "sox"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed (apt-get install sip-tester sox)")
     workdir = Path(tempfile.mkdtemp(prefix="voxray-sip-bench-"))
     speech = make_speech(workdir)
+    if args.conversations:
+        r = await run_conversations(args.conversations, speech, workdir)
+        print(json.dumps(r), file=sys.stderr)
+        print("\n| concurrent calls | answered | transcribed (median WER) | replied to (TTS) | hung up by the agent "
+              "| every caller's scenario passed | seconds |")
+        print("|---:|---:|---|---:|---:|---|---:|")
+        print(f"| {r['calls']} | {r['answered']} | {r['transcribed']} ({r['median_wer']}) | {r['replied']} "
+              f"| {r['hung_up']} | {'yes' if r['sipp_ok'] else 'no'} | {r['seconds']} |")
+        return
     rows = []
     for layout in args.layouts:
         rows += await run_layout(layout, args.calls, args.window, speech, workdir)

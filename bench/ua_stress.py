@@ -236,11 +236,32 @@ class Stress:
             await asyncio.gather(*jobs)
 
 
+class VadOnlyServices:
+    """Real Silero VAD (batched across calls, on a worker thread); ASR and TTS off."""
+
+    def __init__(self) -> None:
+        from voxray.media.vad_batcher import VadBatcher
+        from voxray.providers.silero_vad import InProcessVad
+
+        self.vad_batcher = VadBatcher(InProcessVad().infer)
+
+    async def vad(self, chunk):
+        return await self.vad_batcher.submit(chunk)
+
+    async def transcribe(self, req):
+        from voxray.media.messages import AsrResult
+
+        return AsrResult(text="", provider="off")
+
+    async def synthesize(self, req):
+        return
+        yield
+
+
 async def child(args: argparse.Namespace) -> None:
     import faulthandler
 
     faulthandler.enable(all_threads=True)
-    from bench.sip_media import VadOnlyServices
     from voxray.ua_node.node import UaNodeCore
     from voxray.ua_node.webrtc import register as register_webrtc
 

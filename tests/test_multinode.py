@@ -53,7 +53,10 @@ def test_replicas_scaled_down_finish_their_calls(multinode):
     drain = multinode["drain"]
     assert not drain["redeploy_error"], drain
     assert len(drain["replicas_before"]) == 2 and len(drain["replicas_after"]) == 1, drain
-    assert not set(drain["replicas_after"]) & set(drain["replicas_before"]), drain  # old ones all gone
+    # Serve either replaces both old replicas (when it reads the redeploy as new code) or
+    # keeps one and stops the other (a num_replicas change alone): at least one old
+    # replica left, with a call on it, and that call still ended well past 20 s below.
+    assert len(set(drain["replicas_before"]) - set(drain["replicas_after"])) >= 1, drain
     assert {c["replica"] for c in drain["calls"]} == set(drain["replicas_before"]), drain
     assert drain["new_call_replica"], drain  # a call placed during the scale-down was answered
     for c in drain["calls"]:

@@ -348,7 +348,10 @@ async def test_outbound_invite_rings_answers_and_agent_hangs_up(voxray_server, s
         hangup = await client.wait_for("hangup", timeout=15)
         assert hangup["initiator"] == "agent"
         assert await callee.wait(20) == 0, callee.text()[-2000:]
-        assert "BYE sip:" in sipp_messages(HERE / "uas_answer.xml", sip_workdir)
+        messages = sipp_messages(HERE / "uas_answer.xml", sip_workdir)
+        assert "BYE sip:" in messages
+        # The call left through the node's SIP front, which stays in its route.
+        assert f"Record-Route: <sip:127.0.0.1:{SIP_ENV.sip_port};lr" in messages, messages[-3000:]
     finally:
         await client.close()
 
