@@ -68,6 +68,7 @@ class SipEndpoint:
             # The registrar relays our inbound calls: it is trusted whatever the list says.
             registrar_ips = await asyncio.to_thread(resolve, host) if host else []
             self.trusted = TrustedSources(self.settings.trusted_sources, registrar_ips)
+        self.stack.has_calls = lambda: bool(self.live)
         await asyncio.to_thread(self.stack.start)
         await self.stack.call(self._pj_create_account)
         self.stack.add_ticker(self._pj_tick)

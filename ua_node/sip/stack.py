@@ -76,6 +76,7 @@ class PjStack:
         self._on_shutdown: list[Callable[[], None]] = []
         self._log_writer: PjLogWriter | None = None
         self.frames = FrameInbox(loop)
+        self.has_calls: Callable[[], bool] = lambda: False  # pj thread; set by the endpoint
 
     # -- from any thread -------------------------------------------------------------
 
@@ -183,14 +184,21 @@ class PjStack:
         self._ready.set()
         log.info("sip stack up", extra={"bind": self.settings.bind, "port": self.port})
         next_tick = time.monotonic() + 0.25
+        last_job = 0.0
         try:
             while not self._stop.is_set():
-                self.ep.libHandleEvents(10)
+                # SIP from the network wakes the poll at once; jobs from the loop wait for it
+                # to return. So: short while the agent is busy with a call (its commands come
+                # in bursts), a frame's length while calls are up, and 100 ms when idle (the
+                # poll at 100 Hz was the largest part of an idle worker's CPU).
+                now = time.monotonic()
+                wait_ms = 10 if now - last_job < 1.0 else 20 if self.has_calls() else 100
+                self.ep.libHandleEvents(wait_ms)
                 for _ in range(64):
-                    try:
-                        fn, fut = self._jobs.get_nowait()
-                    except queue.Empty:
+                    if self._jobs.empty():
                         break
+                    fn, fut = self._jobs.get_nowait()
+                    last_job = time.monotonic()
                     try:
                         result = fn()
                     except BaseException as exc:
