@@ -233,25 +233,23 @@ def _replicas(tag: str) -> list[psutil.Process]:
     return found
 
 
-def _cpu(procs: list[psutil.Process]) -> float:
+def _total(procs: list[psutil.Process], measure) -> float:
+    """measure(p) summed over the processes still alive."""
     total = 0.0
     for p in procs:
         try:
-            t = p.cpu_times()
-            total += t.user + t.system
+            total += measure(p)
         except psutil.NoSuchProcess:
             pass
     return total
+
+
+def _cpu(procs: list[psutil.Process]) -> float:
+    return _total(procs, lambda p: sum(p.cpu_times()[:2]))  # user + system seconds
 
 
 def _rss(procs: list[psutil.Process]) -> int:
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
+    return int(_total(procs, lambda p: p.memory_info().rss))
 
 
 async def _ua_processes(node) -> list[psutil.Process]:
@@ -331,8 +329,6 @@ async def run_level(node, agents: Agents, n: int, sip_port: int, speech: Path, w
 
 
 async def run_layout(name: str, levels: list[int], window_s: float, speech: Path, workdir: Path) -> list[dict]:
-    import ray
-
     from voxray.cluster.local import deploy, shutdown
     from voxray.cluster.placement import local_ua_node
     from voxray.cluster.ray_start import start_ray
@@ -367,7 +363,6 @@ async def run_layout(name: str, levels: list[int], window_s: float, speech: Path
     finally:
         await agents.close()
         await asyncio.to_thread(shutdown)
-        del ray
     return rows
 
 
