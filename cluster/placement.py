@@ -1,4 +1,5 @@
-"""Placing UA nodes: one named, detached actor per Ray node, pinned to that node."""
+"""Placing UA nodes: one named, detached actor per Ray node, pinned to that node (it
+starts its own UA worker processes there, named after it: see ua_node/actor.py)."""
 
 from __future__ import annotations
 
