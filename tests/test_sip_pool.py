@@ -157,3 +157,36 @@ async def test_a_killed_worker_ends_only_its_calls_and_comes_back(
                     break
                 await asyncio.sleep(0.2)
             assert recs and recs[0]["reason"] == "ua_worker_lost", (cid, recs)
+
+
+async def test_a_full_worker_passes_the_call_to_the_next_one(voxray_server, webhook, sip_workdir, peers):  # noqa: F811
+    """The front's count of a worker's calls can lag behind the worker (after the UA node
+    restarted, say): a worker at pjsua2's call limit answers with pjsua2's own 486, and
+    the front tries the next worker instead of telling the caller "busy"."""
+    import tempfile
+    from pathlib import Path
+
+    from tests.test_sip import HERE
+
+    node = await _node()
+    workers = (await node.ready.remote())["workers"]
+    first = sorted(k for k, w in workers.items() if w["role"] == "sip")[0]  # picked first at equal load
+    port = workers[first]["sip_port"]
+    front_log = Path(tempfile.gettempdir()) / "voxray-front" / f"127.0.0.1-{SIP_ENV.sip_port}" / "kamailio.log"
+    seen = front_log.read_text(errors="replace") if front_log.exists() else ""
+    cancel = (HERE / "errors" / "cancel_ringing.xml").read_text()
+    hold = sip_workdir / "cancel_after_8s.xml"
+    hold.write_text(cancel.replace('<pause milliseconds="1000"/>', '<pause milliseconds="8000"/>'))
+    # Four calls straight to the first worker, behind the front's back: it is full.
+    filler = await peers(sipp(hold, sip_workdir, "-s", "rule-fill", "-m", "4", "-l", "4", "-r", "20",
+                              f"127.0.0.1:{port}", timeout_s=60))
+    for _ in range(4):
+        assert (await webhook.next("/rule"))["callee"].startswith("sip:rule-fill@")
+    caller = await peers(sipp(HERE / "errors" / "cancel_ringing.xml", sip_workdir, "-s", "rule-front",
+                              f"127.0.0.1:{SIP_ENV.sip_port}", timeout_s=60))
+    routed = await webhook.next("/rule")  # another worker took it
+    assert routed["callee"].startswith("sip:rule-front@"), routed
+    assert await caller.wait(40) == 0, caller.text()[-2000:]  # 100, then CANCEL: 200 and 487, no 486
+    assert await filler.wait(40) == 0, filler.text()[-2000:]
+    new_lines = front_log.read_text(errors="replace")[len(seen):]
+    assert f"sip:127.0.0.1:{port} answered 486" in new_lines, new_lines[-2000:]

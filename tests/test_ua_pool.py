@@ -90,8 +90,11 @@ def test_a_worker_answering_from_a_new_process_counts_as_restarted():
 
 
 def test_dispatcher_list_gives_each_worker_its_call_limit():
-    text = dispatcher_list([FrontDestination("sip:127.0.0.1:5081", "sip0-11", 4)])
-    assert "1 sip:127.0.0.1:5081 0 0 duid=sip0-11;maxload=4" in text.splitlines()
+    text = dispatcher_list([FrontDestination("sip:127.0.0.1:5081", "sip0-11", 4),
+                            FrontDestination("sip:127.0.0.1:5082", "sip1-12", 4)])
+    # Priorities in file order: at equal load Kamailio takes sip0 first.
+    assert text.splitlines()[1:] == ["1 sip:127.0.0.1:5081 0 2 duid=sip0-11;maxload=4",
+                                     "1 sip:127.0.0.1:5082 0 1 duid=sip1-12;maxload=4"]
 
 
 @pytest.mark.parametrize("trusted", [[], ["127.0.0.1/32", "10.1.0.0/16"]])

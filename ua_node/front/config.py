@@ -3,7 +3,8 @@
 Calls from outside: sanity checks (malformed requests answered or dropped), pike
 (flood limits per source), the trusted networks (403 otherwise), then the dispatcher
 spreads INVITEs over the SIP workers by their call load (algorithm 10, `maxload` =
-a worker's calls), failing over to the next worker on 503, 408 or no answer; OPTIONS
+a worker's calls), failing over to the next worker on 503, on pjsua2's own 486 of a
+full worker (the load count can lag, e.g. after the node restarted) or no answer; OPTIONS
 pings take a dead worker out within seconds. Requests from the workers (outbound
 calls) go where their Request-URI says. Every dialog is record-routed, so in-dialog
 requests and the call load bookkeeping pass through the front too.
@@ -28,7 +29,10 @@ class FrontDestination:
 
 def dispatcher_list(destinations: list[FrontDestination]) -> str:
     lines = ["# setid destination flags priority attributes (written by the voxray UA node)"]
-    lines += [f"{WORKERS_SET} {d.uri} 0 0 duid={d.duid};maxload={d.max_calls}" for d in destinations]
+    # Priorities keep the file's order in Kamailio's list (at equal load the first is taken).
+    n = len(destinations)
+    lines += [f"{WORKERS_SET} {d.uri} 0 {n - i} duid={d.duid};maxload={d.max_calls}"
+              for i, d in enumerate(destinations)]
     return "\n".join(lines) + "\n"
 
 
@@ -63,6 +67,7 @@ server_header="Server: voxray"
 sip_warning=0
 
 loadmodule "tm.so"
+loadmodule "tmx.so"
 loadmodule "sl.so"
 loadmodule "rr.so"
 loadmodule "pv.so"
@@ -140,8 +145,7 @@ request_route {{
     }}
     if (is_method("CANCEL")) {{
         if (t_check_trans()) {{
-            ds_load_update();
-            t_relay();
+            t_relay();  # the INVITE's 487 releases its load (failure route)
         }} else {{
             sl_send_reply("481", "Call/Transaction Does Not Exist");
         }}
@@ -210,9 +214,12 @@ failure_route[NEXT_WORKER] {{
         ds_load_unset();
         exit;
     }}
-    # A draining or full worker (503), or one that never answered: the next one (its
-    # call load moves along with the call).
-    if (t_check_status("503") || (t_branch_timeout() && !t_branch_replied())) {{
+    # A draining worker (503), a full one (pjsua2's own 486 at its call limit: our code's
+    # final answers carry X-Voxray-Final, and reach the caller), or one that never
+    # answered: the next worker (the call's load moves along with it).
+    if (t_check_status("503") || (t_check_status("486") && $T_rpl($hdr(X-Voxray-Final)) == $null)
+            || (t_branch_timeout() && !t_branch_replied())) {{
+        xlog("L_NOTICE", "voxray-front: $du answered $T_rpl($rs) or nothing: trying the next worker\n");
         if (ds_next_dst()) {{
             $dlg_var(worker) = $du;
             t_on_failure("NEXT_WORKER");

@@ -31,6 +31,8 @@ from voxray.ua_node.sip.trust import TrustedSources, registrar_host, resolve
 
 log = get_logger("voxray.sip")
 
+FINAL_HEADER = "X-Voxray-Final"  # on every final answer this node's code chose (ua_node/front/config.py)
+
 
 def pj_message(exc: BaseException) -> str:
     info = getattr(exc, "info", None)
@@ -123,7 +125,9 @@ class SipEndpoint:
                 prm.statusCode = code
                 if reason:
                     prm.reason = reason
-                for name, value in (headers or {}).items():
+                # Ours, not pjsua's own "486 Busy Here" of a process at its call limit: the
+                # node's front passes this answer to the caller rather than trying another worker.
+                for name, value in {FINAL_HEADER: "1", **(headers or {})}.items():
                     h = pj.SipHeader()
                     h.hName, h.hValue = name, value
                     prm.txOption.headers.append(h)
