@@ -34,6 +34,7 @@ def test_behind_the_front_each_sip_worker_has_its_own_port_rtp_slice_and_calls()
     slices = sorted((s.rtp_port, s.rtp_port + s.rtp_port_range) for s in settings)
     assert all(a[1] <= b[0] for a, b in zip(slices, slices[1:])) and slices[-1][1] <= 21000
     assert all(s.max_calls == 4 and s.outbound_proxy == "sip:127.0.0.1:5060;lr" for s in settings)
+    assert all(s.free_port_fallback for s in settings)  # a port taken meanwhile is no failure
     # Only the front checks the configured networks; workers take requests from it alone.
     assert all(s.trusted_sources == ["127.0.0.1/32"] for s in settings)
     # One registration for the node, pointing the registrar at the front.
@@ -110,3 +111,38 @@ def test_kamailio_accepts_the_generated_config(tmp_path, trusted):
     out = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stdout + out.stderr
     assert ("is_in_subnet" in cfg.read_text()) == bool(trusted)
+
+
+FALLBACK_CHILD = """
+import asyncio, socket, sys
+from voxray.ua_node.sip.config import SipSettings
+from voxray.ua_node.sip.stack import PjStack
+
+async def main(fallback):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        taken = holder.getsockname()[1]
+        stack = PjStack(SipSettings(enabled=True, port=taken, free_port_fallback=fallback), asyncio.get_running_loop())
+        try:
+            await asyncio.to_thread(stack.start)
+        except RuntimeError:
+            print("refused")
+            return
+        print("taken", taken, "got", stack.port)
+        await asyncio.to_thread(stack.stop)
+
+asyncio.run(main(sys.argv[1] == "1"))
+"""
+
+
+def test_a_sip_worker_whose_port_was_taken_listens_on_a_free_one():
+    # In a child process: pjsua allows one endpoint per process.
+    import sys
+
+    pytest.importorskip("pjsua2")
+    out = subprocess.run([sys.executable, "-c", FALLBACK_CHILD, "1"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("taken "), out.stdout[-1000:]  # "refused": the taken port failed the start
+    _, taken, _, got = last.split()
+    assert got != taken and int(got) > 0, last

@@ -101,7 +101,10 @@ def plan(pool: PoolSettings, sip: SipSettings, cpus: int, front: bool,
             break
         front_uri = f"sip:{sip.public_address or sip.bind}:{sip.port}"
         own = sip.model_copy(update={
+            # A port of its own that a restarted worker takes again, so that the front knows
+            # its requests (a REGISTER from an unknown port is refused) from the first one.
             "port": (sip.worker_port + i) if sip.worker_port else free_port(),
+            "free_port_fallback": not sip.worker_port,
             "rtp_port": sip.rtp_port + i * rtp_slice,
             "rtp_port_range": rtp_slice,
             "max_calls": sip.calls_per_worker,

@@ -57,6 +57,8 @@ class SipSettings(BaseModel):
                                   "pjsua2-python wheel is built with a limit of 4 (PJSUA_MAX_CALLS)")
     worker_port: int | None = Field(None, ge=1024, le=65535, description="first SIP port of the workers behind "
                                     "the front (worker i: worker_port + i); default: free ports")
+    free_port_fallback: bool = Field(False, description="if `port` is taken, listen on a free one instead "
+                                     "(the workers behind the front: the UA node reads the port each got)")
     outbound_proxy: str | None = Field(None, description="route every request through this proxy (set for "
                                        "workers behind the front)")
     contact: str | None = Field(None, description="contact URI registered for the node (the front's address)")

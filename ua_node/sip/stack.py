@@ -163,7 +163,15 @@ class PjStack:
         tcfg.port = s.port
         if s.public_address:
             tcfg.publicAddress = s.public_address
-        tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+        try:
+            tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+        except pj.Error:
+            if not s.free_port_fallback or not s.port:
+                raise
+            # The port the node picked was taken meanwhile (by a caller's RTP, say).
+            log.warning("sip port taken; listening on a free one", extra={"port": s.port})
+            tcfg.port = 0
+            tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
         self.port = ep.transportGetInfo(tid).localName.rsplit(":", 1)[-1]
         self.port = int(self.port)
         # Codec priorities: the configured list first, everything else off.
