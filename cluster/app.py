@@ -23,11 +23,10 @@ def build_app(config: VoxrayConfig) -> Application:
     tts = TtsDeployment.options(**opts["tts"]).bind(providers, config.models.piper_voice)
     registry = CallRegistry.bind(config.security.cdr_path)
     return Ingress.options(**opts["ingress"]).bind(
-        vad, asr, tts, registry, config.media.model_dump(), config.transports.model_dump(),
+        vad, asr, tts, registry, config.media_dict(), config.transports.model_dump(),
         config.serve.app_name,
         # Tokens are resolved here, where the environment is the operator's.
         config.security.model_copy(update={"api_tokens": config.security.tokens(), "api_token_env": ""}).model_dump(),
         config.admission.model_dump(),
         UaNodeDirectory(),
-        vad_model=config.models.silero_vad,  # /call sessions run Silero in the ingress (media.vad_in_process)
     )

@@ -52,7 +52,7 @@ class Ingress:
     def __init__(self, vad, asr, tts, registry, media: dict | None = None,
                  transports: dict | None = None, app_name: str = "voxray",
                  security: dict | None = None, admission: dict | None = None,
-                 ua_nodes: UaNodes | None = None, vad_model: str | None = None) -> None:
+                 ua_nodes: UaNodes | None = None) -> None:
         enable_fault_dumps()
         self.ua_nodes = ua_nodes
         sec = SecuritySettings.model_validate(security or {})
@@ -67,8 +67,7 @@ class Ingress:
         self.dump_dir = sec.dump_dir
         self.media_config_dict = media or {}
         self.media_config = MediaConfig(**self.media_config_dict)
-        local_vad = (InProcessVad(vad_model or self.media_config.vad_model)
-                     if self.media_config.vad_in_process else None)
+        local_vad = InProcessVad(self.media_config.vad_model) if self.media_config.vad_in_process else None
         self.services = ServeModelServices(vad, asr, tts, on_asr_time=self.admission.observe_asr,
                                            vad_window_s=self.media_config.vad_batch_window_ms / 1000,
                                            vad_infer=local_vad.infer if local_vad else None)

@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
 from voxray.admission import AdmissionSettings
 from voxray.env import voxray_env
@@ -128,12 +128,12 @@ class VoxrayConfig(BaseModel):
     asr: Scaling = Field(default_factory=Scaling)
     tts: Scaling = Field(default_factory=Scaling)
 
-    @model_validator(mode="after")
-    def _vad_model_everywhere(self) -> "VoxrayConfig":
-        # The in-process VAD of the ingress and of every UA worker loads the configured model.
-        if self.media.vad_model is None and self.models.silero_vad:
-            self.media.vad_model = self.models.silero_vad
-        return self
+    def media_dict(self) -> dict:
+        """The media settings as the ingress and the UA workers get them: their in-process
+        VAD loads `models.silero_vad` unless `media.vad_model` names another file."""
+        media = self.media.model_dump()
+        media["vad_model"] = media["vad_model"] or self.models.silero_vad
+        return media
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> "VoxrayConfig":
