@@ -22,6 +22,8 @@ from voxray.admission import AdmissionSettings
 from voxray.faults import enable_fault_dumps
 from voxray.logs import get_logger
 from voxray.ua_node.config import PoolSettings
+from voxray.ua_node.front.config import FrontDestination
+from voxray.ua_node.front.process import KamailioFront, kamailio_path
 from voxray.ua_node.pool import SIP, WEBRTC, WorkerState, choose, plan, sip_worker_count, use_front
 from voxray.ua_node.sip.config import SipSettings
 
@@ -41,8 +43,6 @@ class UaNode:
     def __init__(self, app_name: str = "voxray", media: dict | None = None,
                  transports: dict | None = None, admission: dict | None = None) -> None:
         enable_fault_dumps()
-        from voxray.ua_node.front.process import KamailioFront, kamailio_path
-
         transports = dict(transports or {})
         self.pool = PoolSettings.model_validate(transports.get("pool") or {})
         self.sip = SipSettings.model_validate(transports.get("sip") or {})
@@ -90,9 +90,7 @@ class UaNode:
             await self.front.start(self._destinations())
         self._health = asyncio.get_running_loop().create_task(self._watch())
 
-    def _destinations(self):
-        from voxray.ua_node.front.config import FrontDestination
-
+    def _destinations(self) -> list[FrontDestination]:
         return [FrontDestination(f"sip:{self.sip.bind}:{st.sip_port}", f"{key}-{st.pid}", self.sip.calls_per_worker)
                 for key, (_, st) in sorted(self.workers.items())
                 if st.spec.role == SIP and st.sip_port is not None]

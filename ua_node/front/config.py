@@ -219,7 +219,7 @@ failure_route[NEXT_WORKER] {{
     # answered: the next worker (the call's load moves along with it).
     if (t_check_status("503") || (t_check_status("486") && $T_rpl($hdr(X-Voxray-Final)) == $null)
             || (t_branch_timeout() && !t_branch_replied())) {{
-        xlog("L_NOTICE", "voxray-front: $du answered $T_rpl($rs) or nothing: trying the next worker\n");
+        xlog("L_NOTICE", "voxray-front: $du answered $T_rpl($rs) or nothing: trying the next worker\\n");
         if (ds_next_dst()) {{
             $dlg_var(worker) = $du;
             t_on_failure("NEXT_WORKER");
@@ -228,7 +228,7 @@ failure_route[NEXT_WORKER] {{
             exit;
         }}
         ds_load_unset();
-        append_to_reply("Retry-After: {retry_after_s}\r\n");
+        append_to_reply("Retry-After: {retry_after_s}\\r\\n");
         t_reply("503", "Service Unavailable");
         exit;
     }}

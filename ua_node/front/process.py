@@ -136,9 +136,6 @@ class KamailioFront:
     async def set_draining(self, draining: bool) -> None:
         await self._rpc("pv.shvSet", "draining", "int", "1" if draining else "0")
 
-    async def destination_states(self) -> str:
-        return await self._rpc("dispatcher.list") or ""
-
     async def stop(self) -> None:
         if self.proc is None or self.proc.returncode is not None:
             return

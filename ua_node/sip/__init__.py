@@ -61,7 +61,7 @@ def listening_port() -> int | None:
 
 
 def media_stats() -> dict:
-    """Frames this process's live SIP calls moved so far (read by the bench and the node's stats)."""
+    """Frames this process's live SIP calls moved so far (bench/sip_media.py reads them)."""
     if _endpoint is None:
         return {"calls": 0, "frames_in": 0, "frames_out": 0}
     for _ in range(5):  # the pj thread may change the dict while we read it
