@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -62,6 +63,33 @@ def make_speech(workdir: Path) -> Path:
     write_wav(src, pcm)
     subprocess.run(["sox", str(src), "-r", "8000", "-c", "1", "-e", "a-law", str(out)], check=True)
     return out
+
+
+def app_config():
+    """The app's defaults on free loopback ports, as a bench deploys it."""
+    from voxray.config import VoxrayConfig
+
+    config = VoxrayConfig()
+    config.serve.port = free_tcp_port()
+    config.serve.host = "127.0.0.1"
+    return config
+
+
+@contextlib.asynccontextmanager
+async def deployed(config):
+    """The app on a fresh embedded Ray (8 logical CPUs, as the tests give it); yields the
+    node's UA node and takes everything down after."""
+    from voxray.cluster.local import deploy, shutdown
+    from voxray.cluster.placement import local_ua_node
+    from voxray.cluster.ray_start import start_ray
+
+    start_ray(num_cpus=8, dashboard=False, log=lambda *_: None)
+    try:
+        await asyncio.to_thread(deploy, config, log=lambda *_: None)
+        yield local_ua_node(config.serve.app_name, config.media_dict(), config.transports.model_dump(),
+                            config.admission.model_dump())
+    finally:
+        await asyncio.to_thread(shutdown)
 
 
 class Agents:
@@ -168,35 +196,28 @@ class ConversationAgents(Agents):
 
 async def run_conversations(n: int, speech: Path, workdir: Path) -> dict:
     """N concurrent inbound calls of real speech into a node with the default configuration."""
-    from voxray.cluster.local import deploy, shutdown
-    from voxray.cluster.ray_start import start_ray
-    from voxray.config import VoxrayConfig
-
-    config = VoxrayConfig()
-    config.serve.port = free_tcp_port()
-    config.serve.host = "127.0.0.1"
+    config = app_config()
     agents = ConversationAgents(f"127.0.0.1:{config.serve.port}")
     sip_port = free_udp_port()
     config.transports.sip = config.transports.sip.model_validate({
         "enabled": True, "bind": "127.0.0.1", "port": sip_port, "max_calls": n,
         "webhook_url": f"http://127.0.0.1:{agents.port}/hook"})
-    start_ray(num_cpus=8, dashboard=False, log=lambda *_: None)
-    try:
-        await asyncio.to_thread(deploy, config, log=lambda *_: None)
-        await agents.start()
-        scen = workdir / "uac_conversation.xml"
-        scen.write_text((ROOT / "bench/sip/uac_conversation.xml").read_text().replace("@SPEECH@", str(speech)))
-        t0 = time.monotonic()
-        sipp = await asyncio.create_subprocess_exec(
-            "timeout", "-s", "KILL", "400", "sipp", "-sf", str(scen), "-i", "127.0.0.1", "-p", str(free_udp_port()),
-            "-mp", str(free_media_ports(20000, 60000)), "-m", str(n), "-l", str(n), "-r", "20", "-nostdin",
-            f"127.0.0.1:{sip_port}", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
-        rc = await sipp.wait()
-        elapsed = time.monotonic() - t0
-        await asyncio.gather(*agents.tasks, return_exceptions=True)
-    finally:
-        await agents.close()
-        await asyncio.to_thread(shutdown)
+    async with deployed(config):
+        try:
+            await agents.start()
+            scen = workdir / "uac_conversation.xml"
+            scen.write_text((ROOT / "bench/sip/uac_conversation.xml").read_text().replace("@SPEECH@", str(speech)))
+            t0 = time.monotonic()
+            sipp = await asyncio.create_subprocess_exec(
+                "timeout", "-s", "KILL", "400", "sipp", "-sf", str(scen), "-i", "127.0.0.1",
+                "-p", str(free_udp_port()), "-mp", str(free_media_ports(20000, 60000)), "-m", str(n), "-l", str(n),
+                "-r", "20", "-nostdin", f"127.0.0.1:{sip_port}", stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, cwd=workdir)
+            rc = await sipp.wait()
+            elapsed = time.monotonic() - t0
+            await asyncio.gather(*agents.tasks, return_exceptions=True)
+        finally:
+            await agents.close()
     rows = agents.rows
     wers = sorted(r["wer"] for r in rows if r["wer"] is not None)
     return {"calls": n, "answered": sum(r["answered"] for r in rows), "transcribed": len(wers),
@@ -329,14 +350,7 @@ async def run_level(node, agents: Agents, n: int, sip_port: int, speech: Path, w
 
 
 async def run_layout(name: str, levels: list[int], window_s: float, speech: Path, workdir: Path) -> list[dict]:
-    from voxray.cluster.local import deploy, shutdown
-    from voxray.cluster.placement import local_ua_node
-    from voxray.cluster.ray_start import start_ray
-    from voxray.config import VoxrayConfig
-
-    config = VoxrayConfig()
-    config.serve.port = free_tcp_port()
-    config.serve.host = "127.0.0.1"
+    config = app_config()
     config.admission.asr_latency_s = None
     agents = Agents(f"127.0.0.1:{config.serve.port}")
     sip_port = free_udp_port()
@@ -347,22 +361,18 @@ async def run_layout(name: str, levels: list[int], window_s: float, speech: Path
     })
     config.transports.pool = config.transports.pool.model_validate({"webrtc_workers": 0, **LAYOUTS[name]["pool"]})
     config.media = config.media.model_copy(update=LAYOUTS[name]["media"])
-    start_ray(num_cpus=8, dashboard=False, log=lambda *_: None)
     rows = []
-    try:
-        await asyncio.to_thread(deploy, config, log=lambda *_: None)
-        await agents.start()
-        node = local_ua_node(config.serve.app_name, config.media.model_dump(), config.transports.model_dump(),
-                             config.admission.model_dump())
-        idle = await idle_cores(node, window_s)
-        print(json.dumps({"layout": name, "idle_ua_cores": idle}), file=sys.stderr, flush=True)
-        for n in levels:
-            row = {"layout": name, **await run_level(node, agents, n, sip_port, speech, workdir, window_s)}
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
-    finally:
-        await agents.close()
-        await asyncio.to_thread(shutdown)
+    async with deployed(config) as node:
+        try:
+            await agents.start()
+            idle = await idle_cores(node, window_s)
+            print(json.dumps({"layout": name, "idle_ua_cores": idle}), file=sys.stderr, flush=True)
+            for n in levels:
+                row = {"layout": name, **await run_level(node, agents, n, sip_port, speech, workdir, window_s)}
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+        finally:
+            await agents.close()
     return rows
 
 

@@ -34,8 +34,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VOXRAY_LOG_LEVEL", "WARNING")
 
-from bench.sip_media import _cpu, _procs, _replicas  # noqa: E402
-from tests.sip_env import free_tcp_port  # noqa: E402
+from bench.sip_media import _cpu, _procs, _replicas, app_config, deployed  # noqa: E402
 
 SENTENCE = "I would like to book a table for two at seven."
 LAYOUTS = {
@@ -112,31 +111,18 @@ async def run_level(server: str, node, n: int, speech: np.ndarray, window_s: flo
 
 
 async def run_layout(name: str, levels: list[int], window_s: float, speech: np.ndarray) -> list[dict]:
-    from voxray.cluster.local import deploy, shutdown
-    from voxray.cluster.placement import local_ua_node
-    from voxray.cluster.ray_start import start_ray
-    from voxray.config import VoxrayConfig
-
-    config = VoxrayConfig()
-    config.serve.port = free_tcp_port()
-    config.serve.host = "127.0.0.1"
+    config = app_config()
     config.admission.asr_latency_s = None
     config.transports.pool = config.transports.pool.model_validate(LAYOUTS[name]["pool"])
     config.media = config.media.model_copy(update=LAYOUTS[name]["media"])
-    start_ray(num_cpus=8, dashboard=False, log=lambda *_: None)
     rows = []
-    try:
-        await asyncio.to_thread(deploy, config, log=lambda *_: None)
-        node = local_ua_node(config.serve.app_name, config.media.model_dump(), config.transports.model_dump(),
-                             config.admission.model_dump())
+    async with deployed(config) as node:
         server = f"127.0.0.1:{config.serve.port}"
         for n in levels:
             row = {"layout": name, **await run_level(server, node, n, speech, window_s)}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
             await asyncio.sleep(3.0)
-    finally:
-        await asyncio.to_thread(shutdown)
     return rows
 
 

@@ -45,15 +45,10 @@ def deploy(config: VoxrayConfig, log=print) -> None:
                 log(f"  [{time.monotonic() - t0:5.1f}s] {name}: {label}")
     if error:
         raise RuntimeError(f"deploy failed: {error[0]}") from error[0]
-    from voxray.cluster.placement import ensure_ua_nodes_for
+    from voxray.cluster.placement import describe, ensure_ua_nodes_for
 
     for info in ensure_ua_nodes_for(config):
-        roles = [w["role"] for w in info.get("workers", {}).values()]
-        pool = ", ".join(f"{roles.count(r)} {r} worker{'s' if roles.count(r) > 1 else ''}"
-                         for r in ("sip", "webrtc") if r in roles)
-        front = f"; SIP front {info['front']}" if info.get("front") else ""
-        log(f"  [{time.monotonic() - t0:5.1f}s] UA node on {info['node_id'][:12]}: "
-            f"{pool or 'no network transports'}{front}")
+        log(f"  [{time.monotonic() - t0:5.1f}s] {describe(info)}")
     log(f"voxray is serving on ws://{config.serve.host}:{config.serve.port}/call "
         f"({time.monotonic() - t0:.1f}s)")
 

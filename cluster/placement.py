@@ -43,9 +43,19 @@ def ensure_ua_nodes(app_name: str = "voxray", media: dict | None = None,
     return ray.get([a.ready.remote() for a in actors], timeout=120)
 
 
+def describe(info: dict) -> str:
+    """A UA node's `ready` answer in a line:
+    'UA node on 3f2a...: 8 sip workers, 2 webrtc workers; SIP front sip:...'."""
+    roles = [w["role"] for w in info.get("workers", {}).values()]
+    pool = ", ".join(f"{roles.count(r)} {r} worker{'s' if roles.count(r) > 1 else ''}"
+                     for r in ("sip", "webrtc") if r in roles)
+    front = f"; SIP front {info['front']}" if info.get("front") else ""
+    return f"UA node on {info['node_id'][:12]}: {pool or 'no network transports'}{front}"
+
+
 def ensure_ua_nodes_for(config: VoxrayConfig) -> list:
     """ensure_ua_nodes with the settings the app was deployed with."""
-    return ensure_ua_nodes(config.serve.app_name, config.media.model_dump(), config.transports.model_dump(),
+    return ensure_ua_nodes(config.serve.app_name, config.media_dict(), config.transports.model_dump(),
                            config.admission.model_dump())
 
 
@@ -123,8 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(1 if left else 0)
     config = VoxrayConfig.load(args.config)
     for info in ensure_ua_nodes_for(config):
-        eprint(f"UA node on {info['node_id'][:12]}: {', '.join(info['transports']) or 'no network transports'}"
-               f" ({len(info.get('workers', {}))} workers)")
+        eprint(describe(info))
 
 
 if __name__ == "__main__":
