@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(espeak-ng sox libsndfile1 chromium sip-tester kamailio baresip tcpdump)
+# openssh-server and rsync: `ray up` reaches nodes over ssh (tests/test_ray_up.py runs a real one).
+APT_PACKAGES=(espeak-ng sox libsndfile1 chromium sip-tester kamailio baresip tcpdump openssh-server rsync)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -25,7 +25,7 @@ def _serve(args: argparse.Namespace, then=None) -> None:
     eprint("voxray: loading (first start takes a minute while models load)")
     start_ray(args.address, num_cpus=args.num_cpus, log=eprint)
     try:
-        deploy(config, log=eprint)
+        deploy(config, log=eprint, timeout_s=args.timeout)
         import ray
 
         dash = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), "dashboard_url") else None
@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> None:
         sp.add_argument("--exit", action="store_true", help="demo: stop after the conversation")
         sp.add_argument("--detach", action="store_true",
                         help="with --address: deploy and return, leaving the app on the cluster")
+        sp.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds the deploy may take before it fails (replicas that need nodes "
+                             "not joined yet are not waited for)")
     sp = sub.add_parser("schema", help="print the protocol's JSON Schema")
     sp.add_argument("-o", "--output", help="write to a file instead of stdout")
     args = p.parse_args(argv)
