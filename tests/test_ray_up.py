@@ -60,7 +60,8 @@ def ssh_head():
     work.chmod(0o755)
     _run(["pkill", "-u", USER])
     _run(["userdel", "-r", USER])
-    made = _run(["useradd", "--create-home", "--shell", "/bin/bash", USER])
+    # "*": no password, yet not locked (sshd refuses a locked account even for a key).
+    made = _run(["useradd", "--create-home", "--shell", "/bin/bash", "--password", "*", USER])
     assert made.returncode == 0, made.stderr
     home = Path(pwd.getpwnam(USER).pw_dir)
     key = work / "id_ed25519"
