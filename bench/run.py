@@ -30,8 +30,9 @@ sentence in real time and measure:
   the timeouts grow by PER_CALL_SLACK_S per call, since 64 calls on 2 cores run far
   slower than real time). Levels from ONE_ROUND_FROM calls up run a single round.
 
-Run: .venv/bin/python bench/run.py [--calls 1,8,32,64] [--rounds 2] [--quick]
-Prints a table; the same results go to bench/results/latest.json.
+Run: .venv/bin/python bench/run.py [--calls 1,8,32,64] [--rounds 2] [--quick] [--plot PATH]
+Prints a table; the same results go to bench/results/latest.json, and a plot of latency
+and CPU per call against concurrent calls to bench/results/latency_cpu.png (bench/plot.py).
 """
 
 from __future__ import annotations
@@ -439,7 +440,8 @@ async def run_level(url: str, audio: CallerAudio, calls: int, rounds: int, seed:
         behaviour=behaviour, calls=calls, rounds=rounds, utterances=len(rs), dropped=len(rs) - len(ok),
         asr_p50_ms=pct(asr, 50), asr_p95_ms=pct(asr, 95), tts_p50_ms=pct(tts, 50), tts_p95_ms=pct(tts, 95),
         cpu_pct_per_call=cpu_s / wall / calls * 100,
-        mem_mb_per_call=max(0, rss_peak - rss0) / calls / 2**20, ray_rss_mb=rss0 / 2**20, ray_cpu_s=cpu_s, wall_s=wall, ray_processes=len(after),
+        mem_mb_per_call=max(0, rss_peak - rss0) / calls / 2**20, ray_rss_mb=rss0 / 2**20, ray_cpu_s=cpu_s,
+        wall_s=wall, ray_processes=len(after),
         other_cpu_pct=other_s / wall * 100,
         server_asr_p50_ms=pct([r.server_asr_ms for r in ok if r.server_asr_ms is not None], 50),
         asr_compute_p50_ms=pct([r.asr_compute_ms for r in ok if r.asr_compute_ms is not None], 50),
@@ -591,6 +593,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="media-plane CPU levels (noise, no ASR), comma-separated; empty: none (default 16,32)")
     p.add_argument("--media-seconds", type=float, default=20.0, help="media-plane window per level (default 20)")
     p.add_argument("--seed", type=int, default=1, help="seed of the call-start stagger")
+    p.add_argument("--plot", default=str(RESULTS.parent / "latency_cpu.png"),
+                   help="PNG of latency and CPU per call against concurrent calls (bench/plot.py); "
+                        "empty: none (default bench/results/latency_cpu.png)")
     args = p.parse_args(argv)
     args.calls = [1, 2] if args.quick else [int(c) for c in args.calls.split(",") if c.strip()]
     args.behaviours = [b for b in BEHAVIOURS if b in args.behaviours.split(",")]
@@ -634,11 +639,13 @@ async def measure(url: str, audio: CallerAudio, args: argparse.Namespace,
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: find `bench`
-    from bench import asr_windows, media_plane, ray_hops, vad_throughput
+    from bench import asr_windows, media_plane, plot, ray_hops, vad_throughput
     from voxray.cluster.local import shutdown
     from voxray.cluster.ray_start import eprint
     from voxray.config import VoxrayConfig
 
+    if args.plot:
+        plot.check_backend()  # fail now, not after minutes of levels
     refuse_other_cluster()
     # Model-only benches first, in this process and before Ray is up, so nothing else runs beside them.
     vad = None if args.calls_only else vad_throughput.run(64, quick=args.quick, pipecat=not args.no_pipecat,
@@ -703,6 +710,8 @@ def main(argv: list[str] | None = None) -> None:
     extra["media_plane"] = [{"behaviour": b, **asdict(r)} for b, r in plane]
     write_json(levels, audio, args, config.serve.port, idle, extra=extra)
     print(f"(results: {RESULTS})", flush=True)
+    if args.plot and levels:
+        print(f"(plot: {plot.write_plot([asdict(lv) for lv in levels], args.plot)})", flush=True)
 
 
 if __name__ == "__main__":

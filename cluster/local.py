@@ -141,5 +141,8 @@ def shutdown(app_name: str = "voxray") -> None:
         kill_ua_nodes()  # SIP: BYEs and un-REGISTER before the processes go
         if not embedded():
             serve.delete(app_name)
+            # An ingress replica may have placed a UA node again before it went (its
+            # placer starts one on any node without); none is left behind.
+            kill_ua_nodes()
     finally:
         ray.shutdown()

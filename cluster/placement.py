@@ -82,6 +82,16 @@ class UaNodeDirectory:
     def all(self) -> list:
         return ua_node_actors()
 
+    def place_missing(self, app_name: str, media: dict, transports: dict, admission: dict) -> int:
+        """A UA node on every alive node that has none yet (a node that joined since the
+        deploy, however it was started); returns how many were started."""
+        have = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a.get("namespace") == NAMESPACE}
+        missing = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and ua_node_name(n["NodeID"]) not in have]
+        for node_id in missing:
+            ua_node_for(node_id, app_name, media, transports, admission)
+        return len(missing)
+
 
 def kill_ua_nodes() -> None:
     for actor in ua_node_actors(alive_only=False):

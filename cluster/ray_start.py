@@ -8,6 +8,7 @@ import sys
 from voxray.env import forwarded_vars
 
 _embedded = False  # this process started its own Ray (and so takes it down whole)
+_dashboard_url: str | None = None
 
 
 def ray_env_defaults() -> None:
@@ -35,17 +36,26 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
     env["env_vars"]["PYTHONFAULTHANDLER"] = "1"
     if address:
         log(f"joining Ray cluster at {address}")
-        ray.init(address=address, namespace="voxray", runtime_env=env, log_to_driver=False)
+        info = ray.init(address=address, namespace="voxray", runtime_env=env, log_to_driver=False)
     else:
         log("starting an embedded single-node Ray")
         global _embedded
         _embedded = True
         # "local": a new instance of our own. Without it ray.init() joins any Ray it finds
         # running on this machine (another user's, a test's), and we would deploy onto it.
-        ray.init(address="local", num_cpus=num_cpus, namespace="voxray", include_dashboard=dashboard,
-                 dashboard_host="127.0.0.1", runtime_env=env, log_to_driver=False)
+        info = ray.init(address="local", num_cpus=num_cpus, namespace="voxray", include_dashboard=dashboard,
+                        dashboard_host="127.0.0.1", runtime_env=env, log_to_driver=False)
+    global _dashboard_url
+    _dashboard_url = getattr(info, "dashboard_url", None) or None
     ctx = ray.get_runtime_context()
     log(f"Ray is up (node {ctx.get_node_id()[:12]})")
+
+
+def dashboard_url() -> str | None:
+    """The Ray dashboard of the cluster this process joined or started, if it has one."""
+    if not _dashboard_url:
+        return None
+    return _dashboard_url if _dashboard_url.startswith("http") else f"http://{_dashboard_url}"
 
 
 def embedded() -> bool:

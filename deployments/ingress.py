@@ -4,10 +4,17 @@
 # the route signatures (string annotations turn `ws: WebSocket` into a query param).
 
 import asyncio
+import threading
+import time
 import uuid
 from typing import Protocol
 
+from urllib.parse import urlencode
+
 from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+import ray
 from ray import serve
 
 from voxray.deployments.auth import TokenGuard
@@ -29,15 +36,20 @@ from voxray.protocol.events import Error, dump_event
 from voxray.media.config import MediaConfig
 
 log = get_logger("voxray.ingress")
+UA_NODE_PLACEMENT_S = 5.0  # how soon a node that joined gets its UA node
 
 class UaNodes(Protocol):
     """Where the UA nodes are (cluster.placement.UaNodeDirectory, given at deploy time)."""
 
     def local(self, app_name: str, media: dict, transports: dict, admission: dict): ...
     def all(self) -> list: ...
+    def place_missing(self, app_name: str, media: dict, transports: dict, admission: dict) -> int: ...
 
 
-api = FastAPI(title="voxray", description="Voice-agent calls over WebSocket; see PROTOCOL.md.")
+# The schema and its pages are served by the Ingress below, behind the same token as the
+# API (FastAPI's own routes would be open to anyone who reaches the port).
+api = FastAPI(title="voxray", description="Voice-agent calls over WebSocket; see PROTOCOL.md.",
+              docs_url=None, redoc_url=None, openapi_url=None)
 api.include_router(console_router)  # GET /console: the WebRTC softphone page
 
 
@@ -79,7 +91,24 @@ class Ingress:
         self.calls: dict[str, AgentChannel] = {}
         ctx = serve.get_replica_context()
         self.replica = ctx.replica_id.unique_id if ctx else uuid.uuid4().hex
+        self.node_id = ray.get_runtime_context().get_node_id()  # the registry ends our calls if it dies
         self._kill_task: asyncio.Task | None = None
+        if ua_nodes is not None:
+            # Blocking GCS look-ups, every few seconds: a thread of its own, off the event loop.
+            threading.Thread(target=self._place_ua_nodes, name="ua-node-placer", daemon=True).start()
+
+    def _place_ua_nodes(self) -> None:
+        """Nodes that join the cluster get their UA node from whichever replica looks first
+        (the actor name makes it one per node); a node that leaves takes its own with it."""
+        while True:
+            try:
+                started = self.ua_nodes.place_missing(self.app_name, self.media_config_dict, self.transports,
+                                                      self.admission_dict)
+                if started:
+                    log.info("UA nodes started on nodes that joined", extra={"started": started})
+            except Exception as exc:
+                log.warning("UA node placement failed", extra={"error": repr(exc)})
+            time.sleep(UA_NODE_PLACEMENT_S)
 
     def _ensure_kill_listener(self) -> None:
         if self._kill_task is None or self._kill_task.done():
@@ -242,6 +271,20 @@ class Ingress:
                 return worker
         return None
 
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> dict:
+        self._authorize(request)
+        return api.openapi()
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> HTMLResponse:
+        self._authorize(request)
+        token = TokenGuard.presented(request.headers, request.query_params)
+        # The page fetches the schema itself: it carries the token it was opened with.
+        query = f"?{urlencode({'token': token})}" if token else ""
+        url = request.scope.get("root_path", "") + "/openapi.json" + query
+        return get_swagger_ui_html(openapi_url=url, title="voxray API")
+
     @api.get("/iceservers")
     async def ice_servers(self, request: Request) -> list[dict]:
         self._authorize(request)
@@ -251,7 +294,7 @@ class Ingress:
         opt = call.option
         info = CallInfo(id=call.call_id, replica=self.replica, path=call.path, codec=opt.codec,
                         caller=opt.caller, callee=opt.callee, created_at=iso(call.start_time),
-                        answered_at=iso(call.answer_time))
+                        answered_at=iso(call.answer_time), node=self.node_id)
         try:
             await self.registry.register.remote(info)
         except Exception as exc:  # the call works without the registry; only listing suffers

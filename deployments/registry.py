@@ -11,13 +11,18 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 from pydantic import BaseModel
 from ray import serve
 
 from voxray.config import SecuritySettings
 from voxray.deployments.cdr import CallRecord, CdrStore
+from voxray import metrics
 from voxray.faults import enable_fault_dumps
+from voxray.logs import bind_call, get_logger
+
+log = get_logger("voxray.registry")
 
 
 class CallInfo(BaseModel):
@@ -29,6 +34,14 @@ class CallInfo(BaseModel):
     callee: str | None = None
     created_at: str  # ISO-8601
     answered_at: str | None = None
+    node: str | None = None  # the Ray node of the replica: its loss ends the call
+
+
+def lost_record(info: CallInfo, reason: str, when: str) -> CallRecord:
+    """The call record of a call whose replica is gone and so wrote none itself."""
+    return CallRecord(id=info.id, path=info.path, caller=info.caller, callee=info.callee, codec=info.codec,
+                      start_time=info.created_at, answer_time=info.answered_at, hangup_time=when,
+                      reason=reason, initiator="system")
 
 
 class RegistryCore:
@@ -37,6 +50,8 @@ class RegistryCore:
     A replica with calls long-polls `wait_kills` without pause (10 s per poll), so a
     replica not heard from for `replica_timeout_s` is gone (crashed, killed, scaled
     down hard) and its calls with it: they leave the list, and killing one is a 404.
+    A node that Ray reports dead takes its replicas' calls at once (`forget_nodes`).
+    Calls dropped either way wait in `lost` until their records are written.
     """
 
     def __init__(self, replica_timeout_s: float = 35.0, clock: Callable[[], float] = time.monotonic) -> None:
@@ -47,6 +62,7 @@ class RegistryCore:
         self._polling: dict[str, int] = defaultdict(int)  # replica -> polls open now
         self._kills: dict[str, set[str]] = defaultdict(set)
         self._kill_events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self.lost: list[tuple[CallInfo, str]] = []  # (call, reason) not yet recorded
 
     def _heard(self, replica: str) -> None:
         self._seen[replica] = self._clock()
@@ -55,7 +71,7 @@ class RegistryCore:
         now = self._clock()
         for replica, last in list(self._seen.items()):
             if not self._polling[replica] and now - last > self.replica_timeout_s:
-                self.forget_replica(replica)
+                self.forget_replica(replica, "replica_lost")
 
     def register(self, info: CallInfo) -> None:
         self._heard(info.replica)
@@ -94,20 +110,70 @@ class RegistryCore:
             self._polling[replica] -= 1
             self._heard(replica)
 
-    def forget_replica(self, replica: str) -> None:
-        """Drop a gone replica's calls and its bookkeeping."""
+    def forget_replica(self, replica: str, reason: str = "replica_lost") -> None:
+        """Drop a gone replica's calls (to `lost`) and its bookkeeping."""
         for cid in [c.id for c in self.calls.values() if c.replica == replica]:
-            del self.calls[cid]
+            self.lost.append((self.calls.pop(cid), reason))
         for table in (self._seen, self._polling, self._kills, self._kill_events):
             table.pop(replica, None)
+
+    def forget_nodes(self, dead: set[str]) -> None:
+        """Drop the calls of replicas on nodes Ray reports dead: `node_lost`."""
+        for replica in {c.replica for c in self.calls.values() if c.node in dead}:
+            self.forget_replica(replica, "node_lost")
+
+    def nodes(self) -> set[str]:
+        return {c.node for c in self.calls.values() if c.node}
+
+    def take_lost(self) -> list[tuple[CallInfo, str]]:
+        self._forget_silent()
+        lost, self.lost = self.lost, []
+        return lost
+
+
+def dead_nodes(candidates: set[str]) -> set[str]:
+    """Which of these Ray nodes Ray reports dead (a blocking GCS call: run it off the loop)."""
+    import ray
+
+    alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+    return {n for n in candidates if n not in alive}
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 class CallRegistry:
+    SWEEP_S = 2.0  # how soon a lost node's calls leave the list and get their records
+
     def __init__(self, cdr_path: str | None = None) -> None:
         enable_fault_dumps()
         self.core = RegistryCore()
         self.cdr = CdrStore(cdr_path or SecuritySettings().cdr_path)  # CdrStore expands ~
+        self._sweeper: asyncio.Task | None = None
+
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.SWEEP_S)
+            try:
+                await self.sweep()
+            except Exception as exc:
+                log.warning("registry sweep failed", extra={"error": repr(exc)})
+
+    async def sweep(self) -> None:
+        """Calls whose node died or whose replica went silent: off the list, with a record."""
+        nodes = self.core.nodes()
+        if nodes:
+            self.core.forget_nodes(await asyncio.to_thread(dead_nodes, nodes))
+        lost = self.core.take_lost()
+        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        for info, reason in lost:
+            with bind_call(info.id):
+                log.warning("call lost with its replica", extra={"reason": reason, "replica": info.replica,
+                                                                 "node": info.node})
+            metrics.inc("calls_total", path=info.path, reason=reason)
+            await self.cdr.add(lost_record(info, reason, now))
 
     async def record(self, rec: CallRecord) -> None:
         await self.cdr.add(rec)
@@ -116,12 +182,14 @@ class CallRegistry:
         return await self.cdr.list(limit, call_id)
 
     async def register(self, info: CallInfo) -> None:
+        self._ensure_sweeper()
         self.core.register(info)
 
     async def unregister(self, call_id: str) -> None:
         self.core.unregister(call_id)
 
     async def list(self) -> list[CallInfo]:
+        await self.sweep()
         return self.core.list()
 
     async def request_kill(self, call_id: str) -> bool:

@@ -3,7 +3,7 @@
 The node's UA node picks the worker (`place`); from then on commands go to that
 worker one actor call each and events come back by long poll, a batch per poll.
 Audio never passes through here. A worker process that dies ends its calls with
-`hangup` reason `ua_worker_lost`.
+`hangup` reason `ua_worker_lost`; `node_lost` when its whole node went.
 """
 
 from __future__ import annotations
@@ -20,6 +20,12 @@ from voxray.protocol import events as ev
 from voxray.protocol.errors import ProtocolError
 
 log = get_logger("voxray.remote_media")
+
+
+def lost_reason(exc: BaseException) -> str:
+    """Why a worker call failed for good: its node died (GCS says so in the error's
+    text, the only place Ray puts it), or just the worker process."""
+    return "node_lost" if "node has died" in str(exc) else "ua_worker_lost"
 
 
 class RemoteMedia:
@@ -56,7 +62,7 @@ class RemoteMedia:
             batch = await self.ua.next_events.remote(self.call_id, 10.0)
         except (RayActorError, ActorUnavailableError) as exc:
             log.warning("ua worker lost", extra={"error": type(exc).__name__})
-            return "ua_worker_lost"
+            return lost_reason(exc)
         except Exception as exc:
             log.warning("ua worker unreachable", extra={"error": repr(exc)})
             return "media_lost"

@@ -53,3 +53,27 @@ async def test_a_replica_inside_a_long_poll_is_alive_however_long_it_waits():
     assert [c.id for c in reg.list()] == ["c1"]
     assert reg.request_kill("c1") is True
     assert await asyncio.wait_for(poll, 1) == ["c1"]
+
+
+def test_calls_on_a_dead_node_leave_with_a_record_of_why():
+    reg = RegistryCore()
+    reg.register(call("c1", "r1").model_copy(update={"node": "n1"}))
+    reg.register(call("c2", "r2").model_copy(update={"node": "n2"}))
+    assert reg.nodes() == {"n1", "n2"}
+    reg.forget_nodes({"n2"})
+    assert [c.id for c in reg.list()] == ["c1"]
+    lost = reg.take_lost()
+    assert [(info.id, why) for info, why in lost] == [("c2", "node_lost")]
+    assert reg.take_lost() == []  # each lost call is recorded once
+
+
+def test_a_silent_replica_s_calls_are_recorded_as_replica_lost():
+    from voxray.deployments.registry import lost_record
+
+    clock = Clock()
+    reg = RegistryCore(replica_timeout_s=35, clock=clock)
+    reg.register(call("c1", "r1"))
+    clock.now += 36
+    [(info, why)] = reg.take_lost()
+    rec = lost_record(info, why, "2026-11-25T00:01:00Z")
+    assert (rec.id, rec.reason, rec.initiator, rec.start_time) == ("c1", "replica_lost", "system", info.created_at)

@@ -83,6 +83,19 @@ async def test_http_api_needs_a_token(secure_server):
         assert (await http.get("/healthz")).json()["rejected_auth"] >= 2
 
 
+async def test_the_api_schema_and_its_page_need_the_token_too(secure_server):
+    async with httpx.AsyncClient(base_url=f"http://{secure_server}") as http:
+        for path in ("/openapi.json", "/docs"):
+            assert (await http.get(path)).status_code == 401, path
+            assert (await http.get(path, params={"token": "wrong"})).status_code == 401, path
+        assert (await http.get("/redoc")).status_code == 404  # not served at all
+        schema = await http.get("/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert schema.status_code == 200 and "/call/lists" in schema.json()["paths"]
+        page = await http.get("/docs", params={"token": TOKEN})
+        # The page fetches the schema with the token it was opened with.
+        assert page.status_code == 200 and f"/openapi.json?token={TOKEN}" in page.text
+
+
 async def _records(server: str, call_id: str) -> list[dict]:
     async with httpx.AsyncClient(base_url=f"http://{server}") as http:
         for _ in range(50):

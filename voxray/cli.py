@@ -13,7 +13,7 @@ import time
 
 def _serve(args: argparse.Namespace, then=None) -> None:
     from voxray.cluster.local import deploy, shutdown
-    from voxray.cluster.ray_start import eprint, start_ray
+    from voxray.cluster.ray_start import dashboard_url, eprint, start_ray
     from voxray.config import VoxrayConfig
 
     detached = False
@@ -26,11 +26,9 @@ def _serve(args: argparse.Namespace, then=None) -> None:
     start_ray(args.address, num_cpus=args.num_cpus, log=eprint)
     try:
         deploy(config, log=eprint, timeout_s=args.timeout)
-        import ray
-
-        dash = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), "dashboard_url") else None
-        dash = dash or os.environ.get("RAY_DASHBOARD_URL") or "http://127.0.0.1:8265"
-        eprint(f"Ray dashboard: {dash if dash.startswith('http') else 'http://' + dash}")
+        dash = dashboard_url()
+        if dash:
+            eprint(f"Ray dashboard: {dash}")
         if args.detach:
             if not (args.address or os.environ.get("RAY_ADDRESS")):
                 raise SystemExit("--detach needs an existing cluster (--address or RAY_ADDRESS)")
