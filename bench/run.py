@@ -32,7 +32,7 @@ sentence in real time and measure:
 
 Run: .venv/bin/python bench/run.py [--calls 1,8,32,64] [--rounds 2] [--quick] [--plot PATH]
 Prints a table; the same results go to bench/results/latest.json, and a plot of latency
-and CPU per call against concurrent calls to bench/results/latency_cpu.png (bench/plot.py).
+and CPU per call against concurrent calls to bench/latency_cpu.png (bench/plot.py).
 """
 
 from __future__ import annotations
@@ -593,9 +593,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="media-plane CPU levels (noise, no ASR), comma-separated; empty: none (default 16,32)")
     p.add_argument("--media-seconds", type=float, default=20.0, help="media-plane window per level (default 20)")
     p.add_argument("--seed", type=int, default=1, help="seed of the call-start stagger")
-    p.add_argument("--plot", default=str(RESULTS.parent / "latency_cpu.png"),
+    p.add_argument("--plot", default=str(RESULTS.parent.parent / "latency_cpu.png"),
                    help="PNG of latency and CPU per call against concurrent calls (bench/plot.py); "
-                        "empty: none (default bench/results/latency_cpu.png)")
+                        "empty: none (default bench/latency_cpu.png)")
     args = p.parse_args(argv)
     args.calls = [1, 2] if args.quick else [int(c) for c in args.calls.split(",") if c.strip()]
     args.behaviours = [b for b in BEHAVIOURS if b in args.behaviours.split(",")]

@@ -20,7 +20,7 @@ def build_app(config: VoxrayConfig) -> Application:
     vad = VadDeployment.options(**opts["vad"]).bind(config.models.silero_vad)
     providers = config.providers.model_dump()
     asr = AsrDeployment.options(**opts["asr"]).bind(providers, config.models.model_dump())
-    tts = TtsDeployment.options(**opts["tts"]).bind(providers, config.models.piper_voice)
+    tts = TtsDeployment.options(**opts["tts"]).bind(providers, config.models.piper_voice, config.models.piper_device)
     registry = CallRegistry.bind(config.security.cdr_path)
     return Ingress.options(**opts["ingress"]).bind(
         vad, asr, tts, registry, config.media_dict(), config.transports.model_dump(),

@@ -69,6 +69,7 @@ class AgentChannel:
         self.frames_out = 0
         self.errors = 0
         self.metrics: dict[str, dict] = {}
+        self.info = None  # the call registry's CallInfo once answered (set by the ingress)
         self.reason: str | None = None
         self.initiator: str | None = None
         # Resume: a dropped agent socket holds the call this long for a reconnect.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import ray
 from ray import serve
 
 from voxray import metrics
@@ -31,7 +32,9 @@ GATHER_S = 0.002
 FIFO_GATHER_S = 0.02  # what the first-come-first-served queue (Serve's own batching before) waited
 
 
-def make_asr_chain(providers: ProvidersConfig, models: ModelsConfig | None = None) -> AsrChain:
+def make_asr_chain(providers: ProvidersConfig, models: ModelsConfig | None = None,
+                   gpu_ids: list | None = None) -> AsrChain:
+    """gpu_ids: the GPUs Ray gave this replica (None outside Ray): without one, local models use no CUDA."""
     models = models or ModelsConfig()
     built = []
     for spec in providers.asr:
@@ -41,24 +44,36 @@ def make_asr_chain(providers: ProvidersConfig, models: ModelsConfig | None = Non
                 "model_path": spec.model_path or models.whisper_model, "cpu_threads": models.whisper_threads,
                 "window_bucket_s": spec.window_bucket_s or models.whisper_bucket_s,
                 "min_window_s": spec.min_window_s or models.whisper_min_window_s,
+                "device": spec.device or models.whisper_device,
+                "compute_type": spec.compute_type or models.whisper_compute_type,
             })
         p = build_asr(spec)
+        if hasattr(p, "gpu_ids"):
+            p.gpu_ids = gpu_ids
         p.load()
         built.append(p)
     return AsrChain(built, {s.name: s.timeout_s for s in providers.asr}, providers.retries)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
+def loaded_devices(chain) -> dict[str, dict]:
+    """Where each local model of a chain runs (providers with a `describe()`), for the log."""
+    return {name: p.describe() for name, p in chain.providers.items() if hasattr(p, "describe")}
+
+
+# 0.25 CPU: two replicas (the standby) of each of ASR and TTS fit a 2-core node with the rest.
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
 class AsrDeployment:
     def __init__(self, providers: dict | None = None, models: dict | None = None) -> None:
         enable_fault_dumps()
         # The replica reports ready only once every model is in memory.
         settings = ModelsConfig.model_validate(models or {})
-        self.chain = make_asr_chain(ProvidersConfig.model_validate(providers or {}), settings)
+        gpu_ids = ray.get_gpu_ids()  # what num_gpus gave this replica
+        self.chain = make_asr_chain(ProvidersConfig.model_validate(providers or {}), settings, gpu_ids)
         fifo = settings.whisper_queue == "fifo"
         self.scheduler = AsrScheduler(self._transcribe_many, MAX_BATCH, FIFO_GATHER_S if fifo else GATHER_S,
                                       prioritize=not fifo)
-        log.info("asr providers loaded", extra={"providers": self.chain.names})
+        log.info("asr providers loaded", extra={"providers": self.chain.names, "gpu_ids": gpu_ids,
+                                                "devices": loaded_devices(self.chain)})
 
     async def transcribe(self, req: AsrRequest) -> AsrResult:
         with bind_call(req.call_id):

@@ -115,11 +115,16 @@ class Ingress:
             self._kill_task = asyncio.get_running_loop().create_task(self._kill_listener())
 
     async def _kill_listener(self) -> None:
+        synced = False  # the registry holds this replica's calls (false after it failed)
         while True:
             try:
+                if not synced:
+                    await self.registry.sync.remote(self.replica, [c.info for c in self.calls.values() if c.info])
+                    synced = True
                 ids = await self.registry.wait_kills.remote(self.replica, 10.0)
             except Exception as exc:
                 log.warning("registry unreachable", extra={"error": repr(exc)})
+                synced = False  # it may come back empty (a replacement): tell it our calls again
                 await asyncio.sleep(1.0)
                 continue
             for call_id in ids:
@@ -295,6 +300,7 @@ class Ingress:
         info = CallInfo(id=call.call_id, replica=self.replica, path=call.path, codec=opt.codec,
                         caller=opt.caller, callee=opt.callee, created_at=iso(call.start_time),
                         answered_at=iso(call.answer_time), node=self.node_id)
+        call.info = info  # kept for re-registering with a replaced registry
         try:
             await self.registry.register.remote(info)
         except Exception as exc:  # the call works without the registry; only listing suffers

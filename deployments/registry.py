@@ -80,6 +80,15 @@ class RegistryCore:
     def unregister(self, call_id: str) -> None:
         self.calls.pop(call_id, None)
 
+    def sync(self, replica: str, calls: list[CallInfo]) -> None:
+        """A replica's whole list of calls: after this registry was replaced (its state
+        lives in memory) the replicas' next polls fill it again."""
+        self._heard(replica)
+        for cid in [c.id for c in self.calls.values() if c.replica == replica]:
+            del self.calls[cid]
+        for info in calls:
+            self.calls[info.id] = info
+
     def list(self) -> list[CallInfo]:
         self._forget_silent()
         return sorted(self.calls.values(), key=lambda c: c.created_at)
@@ -139,7 +148,10 @@ def dead_nodes(candidates: set[str]) -> set[str]:
     return {n for n in candidates if n not in alive}
 
 
-@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+# On the head node: the list of calls and the records of lost ones must outlive any
+# worker node (a cluster that loses its head is gone anyway).
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}},
+                  max_ongoing_requests=1000)
 class CallRegistry:
     SWEEP_S = 2.0  # how soon a lost node's calls leave the list and get their records
 
@@ -187,6 +199,10 @@ class CallRegistry:
 
     async def unregister(self, call_id: str) -> None:
         self.core.unregister(call_id)
+
+    async def sync(self, replica: str, calls: list[CallInfo]) -> None:
+        self._ensure_sweeper()
+        self.core.sync(replica, calls)
 
     async def list(self) -> list[CallInfo]:
         await self.sweep()

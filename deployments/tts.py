@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import numpy as np
+import ray
 from ray import serve
 
 from voxray.media.messages import TtsAudio, TtsRequest
@@ -18,12 +19,17 @@ from voxray.media.resample import resample
 log = get_logger("voxray.tts")
 
 
-def make_tts_chain(providers: ProvidersConfig, default_voice: str | None = None) -> TtsChain:
+def make_tts_chain(providers: ProvidersConfig, default_voice: str | None = None, default_device: str = "auto",
+                   gpu_ids: list | None = None) -> TtsChain:
+    """gpu_ids: the GPUs Ray gave this replica (None outside Ray): without one, local models use no CUDA."""
     built = []
     for spec in providers.tts:
         if spec.kind == "piper":
-            spec = spec.model_copy(update={"model_path": spec.model_path or default_voice})
+            spec = spec.model_copy(update={"model_path": spec.model_path or default_voice,
+                                           "device": spec.device or default_device})
         p = build_tts(spec)
+        if hasattr(p, "gpu_ids"):
+            p.gpu_ids = gpu_ids
         p.load()
         built.append(p)
     return TtsChain(built, {s.name: s.timeout_s for s in providers.tts}, providers.retries)
@@ -42,12 +48,18 @@ async def synthesize_at_rate(chain: TtsChain, req: TtsRequest) -> AsyncIterator[
         first = False
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
+# 0.25 CPU: two replicas (the standby) of each of ASR and TTS fit a 2-core node with the rest.
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
 class TtsDeployment:
-    def __init__(self, providers: dict | None = None, piper_voice: str | None = None) -> None:
+    def __init__(self, providers: dict | None = None, piper_voice: str | None = None,
+                 piper_device: str = "auto") -> None:
         enable_fault_dumps()
-        self.chain = make_tts_chain(ProvidersConfig.model_validate(providers or {}), piper_voice)
-        log.info("tts providers loaded", extra={"providers": self.chain.names})
+        gpu_ids = ray.get_gpu_ids()  # what num_gpus gave this replica
+        self.chain = make_tts_chain(ProvidersConfig.model_validate(providers or {}), piper_voice, piper_device,
+                                    gpu_ids)
+        log.info("tts providers loaded", extra={"providers": self.chain.names, "gpu_ids": gpu_ids,
+                                                "devices": {n: p.describe() for n, p in self.chain.providers.items()
+                                                            if hasattr(p, "describe")}})
 
     async def synthesize(self, req: TtsRequest) -> AsyncIterator[TtsAudio]:
         """Streamed: call through a handle with `.options(stream=True)`."""

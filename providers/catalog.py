@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from voxray.providers.base import AsrProvider, TtsProvider
+from voxray.providers.device import ComputeType, Device
 
 
 class ProviderSpec(BaseModel):
@@ -18,6 +19,10 @@ class ProviderSpec(BaseModel):
     voice: str | None = None
     model_path: str | None = None  # local models
     cpu_threads: int = 2
+    # Local models (whisper, piper): where they run (None: the models section's setting).
+    device: Device | None = Field(None, description="auto: CUDA when the replica has a GPU, else the CPU")
+    compute_type: ComputeType | None = Field(None, description="whisper: CTranslate2 compute type; "
+                                             "auto: float16 on CUDA, int8 on the CPU")
     # Local Whisper encoder windows (None: the models section's settings).
     window_bucket_s: float | None = Field(None, ge=1.0, le=30.0)
     min_window_s: float | None = Field(None, ge=1.0, le=30.0)
@@ -55,7 +60,8 @@ def _whisper(spec: ProviderSpec) -> AsrProvider:
 
     windows = {k: v for k, v in (("window_bucket_s", spec.window_bucket_s), ("min_window_s", spec.min_window_s))
                if v is not None}
-    return WhisperLocal(model_path=spec.model_path, cpu_threads=spec.cpu_threads, **windows)
+    placement = {k: v for k, v in (("device", spec.device), ("compute_type", spec.compute_type)) if v is not None}
+    return WhisperLocal(model_path=spec.model_path, cpu_threads=spec.cpu_threads, **windows, **placement)
 
 
 def _openai_asr(spec: ProviderSpec) -> AsrProvider:
@@ -73,7 +79,7 @@ def _deepgram_asr(spec: ProviderSpec) -> AsrProvider:
 def _piper(spec: ProviderSpec) -> TtsProvider:
     from voxray.providers.piper_local import PiperLocal
 
-    return PiperLocal(voice_path=spec.model_path)
+    return PiperLocal(voice_path=spec.model_path, **({"device": spec.device} if spec.device else {}))
 
 
 def _openai_tts(spec: ProviderSpec) -> TtsProvider:

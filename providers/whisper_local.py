@@ -21,8 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from voxray.logs import get_logger
 from voxray.providers.base import AsrProvider, CallCredentials, ProviderError, Transcript
-from voxray.providers.model_paths import whisper_model_path
+from voxray.providers.device import pick_device, replica_cuda
+from voxray.providers.model_paths import check_whisper_dir, whisper_model_path
+
+log = get_logger("voxray.providers.whisper")
 
 SR = 16000
 FRAMES_PER_S = 100  # Whisper's mel hop is 10 ms
@@ -74,13 +78,19 @@ class Decoded:
 class WhisperLocal(AsrProvider):
     name = "whisper"
 
-    def __init__(self, model_path: str | None = None, compute_type: str = "int8",
+    def __init__(self, model_path: str | None = None, compute_type: str = "auto",
                  cpu_threads: int = 2, beam_size: int = 1, window_bucket_s: float = DEFAULT_BUCKET_S,
-                 min_window_s: float = DEFAULT_MIN_WINDOW_S) -> None:
+                 min_window_s: float = DEFAULT_MIN_WINDOW_S, device: str = "auto",
+                 gpu_ids: list | None = None) -> None:
         if not 1.0 <= window_bucket_s <= FULL_WINDOW_S or not 1.0 <= min_window_s <= FULL_WINDOW_S:
             raise ValueError(f"whisper windows must be within 1..{FULL_WINDOW_S:.0f} s")
         self.model_path = model_path or whisper_model_path()
-        self.compute_type = compute_type
+        # What was asked for ("auto" etc.); load() sets device/compute_type to what it loaded with.
+        self.requested_device = device
+        self.requested_compute_type = compute_type
+        self.gpu_ids = gpu_ids  # the GPUs Ray gave the replica (None outside Ray): none, no CUDA
+        self.device: str | None = None
+        self.compute_type: str | None = None
         self.cpu_threads = cpu_threads
         self.beam_size = beam_size
         self.window_bucket_s = window_bucket_s
@@ -92,11 +102,32 @@ class WhisperLocal(AsrProvider):
         self._lock = asyncio.Lock()
 
     def load(self) -> None:
+        import ctranslate2
         from faster_whisper import WhisperModel
 
-        self._model = WhisperModel(
-            self.model_path, device="cpu", compute_type=self.compute_type, cpu_threads=self.cpu_threads,
-        )
+        path = check_whisper_dir(self.model_path)
+        cuda, probe = replica_cuda(ctranslate2.get_cuda_device_count(), self.gpu_ids,
+                                   "ctranslate2.get_cuda_device_count() found none")
+        device, compute_type = pick_device(self.requested_device, self.requested_compute_type, cuda, probe=probe)
+        try:
+            self._model = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=self.cpu_threads)
+        except (RuntimeError, ValueError) as exc:
+            # "auto" saw a CUDA device that would not load the model (no cuBLAS, an old
+            # driver): the CPU still serves. An explicit "cuda" fails here, loudly.
+            if self.requested_device != "auto" or device == "cpu":
+                raise
+            log.warning("whisper could not load on cuda, loading on the cpu",
+                        extra={"model": path, "compute_type": compute_type, "error": repr(exc)[:300]})
+            device, compute_type = pick_device("auto", self.requested_compute_type, 0)
+            self._model = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=self.cpu_threads)
+        self.device, self.compute_type = device, compute_type
+
+    def describe(self) -> dict:
+        """Where the loaded model runs, for the deployment's log: device, the compute type
+        asked of CTranslate2 and the one it runs (int8 runs as int8_float32 on a CPU)."""
+        running = getattr(getattr(self._model, "model", None), "compute_type", None)
+        return {"model": self.model_path, "device": self.device, "compute_type": self.compute_type,
+                "running_compute_type": running}
 
     def _language(self, language: str | None) -> str | None:
         # An English-only model (tiny.en) knows no other language.

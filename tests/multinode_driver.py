@@ -4,6 +4,9 @@ A head and a worker Ray node (ray.cluster_utils.Cluster, each with its own logic
 CPUs), the app deployed with one ingress replica per node and a UA node per node.
 Phase "spread": WebRTC calls placed until both ingress replicas hold one; each call's
 media then lives on that node's UA node; every call must get asrFinal and TTS audio.
+Phase "node loss": /call calls up on both nodes, the worker node removed: its calls end
+(socket closed, a call record `node_lost`, gone from /call/lists), the head's go on to
+asrFinal and TTS; a new worker node joins and gets the lost replica and a UA node.
 Phase "drain": /call calls up on both replicas, the ingress scaled from 2 replicas to 1;
 the calls on the replica being removed must go on past Serve's default 20 s grace
 (speech -> asrFinal -> TTS -> hangup) while a new call lands elsewhere.
@@ -106,6 +109,120 @@ async def spread_phase(server: str, speech: np.ndarray) -> dict:
             await p.close()
 
 
+async def node_loss_phase(server: str, speech: np.ndarray, cluster, worker) -> dict:
+    """Calls on both nodes; the worker node goes; a new one joins."""
+    import ray
+
+    from voxray.cluster.placement import NAMESPACE, ua_node_name
+
+    head_node = ray.get_runtime_context().get_node_id()
+    clients: dict[str, CallClient] = {}
+    calls: dict[str, dict] = {}
+    payload = np.concatenate([np.zeros(4000, np.int16), speech, np.zeros(16000, np.int16)]).tobytes()
+    try:
+        replica_node = ingress_replica_nodes()
+        for i in range(MAX_PLACEMENT_TRIES * 2):
+            cid = f"nl{i}"
+            client = await CallClient.connect(f"ws://{server}/call?id={cid}")
+            await client.send({"command": "invite", "option": {"codec": "pcm"}})
+            await client.wait_for("answer", timeout=CALL_TIMEOUT_S)
+            replica = await replica_of(server, cid)
+            clients[cid] = client
+            calls[cid] = {"replica": replica, "on_lost_node": replica_node.get(replica) == worker.node_id}
+            if len({c["on_lost_node"] for c in calls.values()}) == 2:
+                break
+        t_loss = time.monotonic()
+        cluster.remove_node(worker)
+        log("worker node removed; calls:", calls)
+
+        async def survive(cid: str) -> None:
+            client, call = clients[cid], calls[cid]
+            try:
+                await client.stream(payload, 640)
+                call["asr_text"] = (await client.wait_for("asrFinal", timeout=CALL_TIMEOUT_S))["text"]
+                n = len(client.events)
+                await client.send({"command": "tts", "text": "Still here.", "playId": "after"})
+                await client.wait_for("trackEnd", timeout=CALL_TIMEOUT_S, after=n, playId="after")
+                call["tts_frames"] = len(client.audio)
+                await client.send({"command": "hangup", "reason": "done"})
+                call["hangup"] = (await client.wait_for("hangup", timeout=30))["reason"]
+            except AssertionError as exc:
+                call["error"] = str(exc)[:300]
+
+        async def lost(cid: str) -> None:
+            client, call = clients[cid], calls[cid]
+            try:
+                await asyncio.wait_for(client.closed.wait(), 60)
+                call["socket_closed_after_s"] = round(time.monotonic() - t_loss, 1)
+            except asyncio.TimeoutError:
+                call["error"] = "socket still open 60 s after its node went"
+            call["events_after"] = client.names()[-3:]
+
+        await asyncio.gather(*(lost(c) if calls[c]["on_lost_node"] else survive(c) for c in calls))
+        # The registry drops the lost calls from the list and writes their records.
+        async with httpx.AsyncClient(timeout=10) as http:
+            deadline = time.monotonic() + 60
+            listed: list[str] = []
+            while time.monotonic() < deadline:
+                listed = [c["id"] for c in (await http.get(f"http://{server}/call/lists")).json()["calls"]]
+                if not any(calls[c]["on_lost_node"] for c in listed if c in calls):
+                    break
+                await asyncio.sleep(1)
+            out_listed = [c for c in listed if c in calls]
+            for cid, call in calls.items():
+                recs = (await http.get(f"http://{server}/call/records", params={"id": cid})).json()["records"]
+                call["record_reason"] = recs[0]["reason"] if recs else None
+        # A new node joins: Serve puts the lost ingress replica there, and it gets a UA node.
+        t_join = time.monotonic()
+        new = cluster.add_node(num_cpus=4)
+        cluster.wait_for_nodes()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            nodes = set(ingress_replica_nodes().values())
+            try:
+                ray.get_actor(ua_node_name(new.node_id), namespace=NAMESPACE)
+                has_ua = True
+            except ValueError:
+                has_ua = False
+            if new.node_id in nodes and has_ua:
+                break
+            await asyncio.sleep(1)
+        rejoined = {"ingress_on_new_node": new.node_id in set(ingress_replica_nodes().values()),
+                    "ua_node_on_new_node": has_ua, "after_s": round(time.monotonic() - t_join, 1)}
+        # New calls are answered (on either node).
+        answered = 0
+        for i in range(2):
+            c = await CallClient.connect(f"ws://{server}/call?id=nlnew{i}")
+            clients[f"nlnew{i}"] = c
+            await c.send({"command": "invite", "option": {"codec": "pcm"}})
+            await c.wait_for("answer", timeout=CALL_TIMEOUT_S)
+            answered += 1
+            await c.send({"command": "hangup"})
+            await c.wait_for("hangup", timeout=30)
+        return {"calls": calls, "listed_after": out_listed, "rejoined": rejoined, "new_calls_answered": answered,
+                "head": head_node[:12]}
+    finally:
+        for c in clients.values():
+            await c.close()
+
+
+def ingress_replica_nodes() -> dict[str, str]:
+    """Ingress replica id -> the node it runs on (from Ray's actor table)."""
+    import ray
+
+    out = {}
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        if "voxray#Ingress#" in a["name"]:
+            try:
+                actor = ray.get_actor(a["name"], namespace=a["namespace"])
+            except ValueError:
+                continue
+            state = ray._private.state.actors(actor._actor_id.hex())
+            if state.get("State") == "ALIVE":
+                out[a["name"].rsplit("#", 1)[-1]] = state.get("Address", {}).get("NodeID")
+    return out
+
+
 async def drain_phase(server: str, speech: np.ndarray, config) -> dict:
     """Scale the ingress 2 -> 1 while calls are up on both replicas."""
     from ray import serve
@@ -202,7 +319,7 @@ def main() -> None:
     os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = "0"
     os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_AZ_ROUTING"] = "0"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "include_dashboard": False})
-    cluster.add_node(num_cpus=4)
+    worker = cluster.add_node(num_cpus=4)
     out: dict = {}
     try:
         start_ray(address=cluster.address, log=log)
@@ -219,6 +336,8 @@ def main() -> None:
         speech = espeak_speech(SENTENCE, 16000)
         out["nodes"] = [n["NodeID"][:12] for n in __import__("ray").nodes() if n.get("Alive")]
         out["spread"] = asyncio.run(spread_phase(server, speech))
+        if "--no-node-loss" not in sys.argv:
+            out["node_loss"] = asyncio.run(node_loss_phase(server, speech, cluster, worker))
         if "--no-drain" not in sys.argv:
             out["drain"] = asyncio.run(drain_phase(server, speech, config))
     except Exception as exc:

@@ -49,6 +49,26 @@ def test_calls_spread_over_both_nodes_and_their_ua_nodes(multinode):
         assert c["hangup"] == "done", c
 
 
+def test_a_lost_node_ends_its_calls_and_the_rest_go_on(multinode):
+    loss = multinode["node_loss"]
+    calls = loss["calls"]
+    lost = {cid: c for cid, c in calls.items() if c["on_lost_node"]}
+    kept = {cid: c for cid, c in calls.items() if not c["on_lost_node"]}
+    assert lost and kept, calls  # calls ran on both nodes when the worker went
+    for cid, c in lost.items():
+        assert "error" not in c, (cid, c)  # the agent's socket closed
+        assert c["record_reason"] == "node_lost", (cid, c)  # with a call record saying why
+    assert loss["listed_after"] == [], loss  # /call/lists dropped them (the others have hung up)
+    for cid, c in kept.items():
+        assert "error" not in c, (cid, c)
+        assert wer(SENTENCE, c["asr_text"]) <= 0.5, (cid, c)
+        assert c["tts_frames"] > 0 and c["hangup"] == "done", (cid, c)
+        assert c["record_reason"] == "done", (cid, c)
+    # A node that joins gets the lost ingress replica and its own UA node; calls are answered.
+    assert loss["rejoined"]["ingress_on_new_node"] and loss["rejoined"]["ua_node_on_new_node"], loss
+    assert loss["new_calls_answered"] == 2, loss
+
+
 def test_replicas_scaled_down_finish_their_calls(multinode):
     drain = multinode["drain"]
     assert not drain["redeploy_error"], drain

@@ -55,7 +55,7 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 def ssh_head():
     if os.geteuid() != 0:
         pytest.skip("making the cluster's ssh user needs root")
-    assert Path("/usr/sbin/sshd").exists() and shutil.which("rsync"), "scripts/install.sh installs openssh-server, rsync"
+    assert Path("/usr/sbin/sshd").exists() and shutil.which("rsync"), "install.sh installs openssh-server, rsync"
     work = Path(tempfile.mkdtemp(prefix="voxray-rayup-"))
     work.chmod(0o755)
     _run(["pkill", "-u", USER])

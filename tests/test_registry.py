@@ -77,3 +77,11 @@ def test_a_silent_replica_s_calls_are_recorded_as_replica_lost():
     [(info, why)] = reg.take_lost()
     rec = lost_record(info, why, "2026-11-25T00:01:00Z")
     assert (rec.id, rec.reason, rec.initiator, rec.start_time) == ("c1", "replica_lost", "system", info.created_at)
+
+
+def test_a_replaced_registry_is_filled_again_by_each_replica_s_sync():
+    reg = RegistryCore()  # a new, empty registry after the old one's node went
+    reg.register(call("c9", "r1"))  # a call r1 has since ended, never unregistered here
+    reg.sync("r1", [call("c1", "r1"), call("c2", "r1")])
+    reg.sync("r2", [call("c3", "r2")])
+    assert [c.id for c in reg.list()] == ["c1", "c2", "c3"]

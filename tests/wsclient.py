@@ -14,6 +14,7 @@ class CallClient:
     def __init__(self, ws) -> None:
         self.ws = ws
         self.events: list[dict] = []
+        self.event_times: list[float] = []  # arrival (time.monotonic()) of each event
         self.audio: list[tuple[float, bytes]] = []  # (arrival time, frame)
         self._new = asyncio.Condition()
         self._reader = asyncio.create_task(self._read())
@@ -32,6 +33,7 @@ class CallClient:
                         self.audio.append((time.monotonic(), msg))
                     else:
                         self.events.append(json.loads(msg))
+                        self.event_times.append(time.monotonic())
                     self._new.notify_all()
         except websockets.ConnectionClosed:
             pass
@@ -58,6 +60,10 @@ class CallClient:
             return await asyncio.wait_for(find(), timeout)
         except asyncio.TimeoutError:
             raise AssertionError(f"no '{name}' within {timeout}s; got {self.names()}") from None
+
+    def arrival(self, event: dict) -> float:
+        """When `event` (one of self.events) arrived."""
+        return self.event_times[next(i for i, e in enumerate(self.events) if e is event)]
 
     def names(self) -> list[str]:
         return [e.get("event") for e in self.events]

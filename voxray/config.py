@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from voxray.admission import AdmissionSettings
 from voxray.env import voxray_env
 from voxray.providers.catalog import ProvidersConfig
+from voxray.providers.device import ComputeType, Device
 from voxray.ua_node.config import PoolSettings
 from voxray.ua_node.sip.config import SipSettings
 
@@ -20,8 +21,14 @@ from voxray.ua_node.sip.config import SipSettings
 class ModelsConfig(BaseModel):
     """Local model files; providers of kind whisper/piper use these unless they name their own."""
 
-    whisper_model: str | None = Field(None, description="CTranslate2 Whisper folder; default tiny.en")
+    whisper_model: str | None = Field(None, description="CTranslate2 Whisper folder (any checkpoint converted "
+                                      "with ct2-transformers-converter); default tiny.en")
     whisper_threads: int = 2
+    # Where the Whisper runs: "auto" is CUDA when the ASR replica has a GPU (asr.num_gpus > 0)
+    # and CTranslate2 sees it, else the CPU; "cuda" fails to load where there is none.
+    whisper_device: Device = "auto"
+    whisper_compute_type: ComputeType = Field("auto", description="CTranslate2 compute type; auto: float16 "
+                                              "on CUDA, int8 on the CPU")
     # Encoder windows: audio padded up to a multiple of this (30: always the full 30 s
     # window, faster-whisper's own behaviour), and never below the floor.
     whisper_bucket_s: float = Field(5.0, ge=1.0, le=30.0)
@@ -29,6 +36,8 @@ class ModelsConfig(BaseModel):
     # "priority": turn ends before partials, stale partials skipped; "fifo": in arrival order.
     whisper_queue: Literal["priority", "fifo"] = "priority"
     piper_voice: str | None = Field(None, description="Piper .onnx voice; default en_US-joe-medium")
+    piper_device: Device = Field("auto", description="CUDA needs onnxruntime-gpu in place of onnxruntime "
+                                 "and tts.num_gpus > 0; auto: CUDA when both hold, else the CPU")
     silero_vad: str | None = None
 
 
@@ -61,7 +70,7 @@ class MediaSettings(BaseModel):
 
 
 class Scaling(BaseModel):
-    """Replica bounds per deployment; autoscaling applies when max > min."""
+    """Replica bounds and resources per deployment; autoscaling applies when max > min."""
 
     min_replicas: int = Field(1, ge=0, description="the warm minimum (and the count when max <= min)")
     max_replicas: int = Field(1, ge=1)
@@ -73,6 +82,10 @@ class Scaling(BaseModel):
     # A replica being scaled down takes no new requests and gets this long to finish
     # its ongoing ones; for the ingress each is a live call, so it is long.
     graceful_shutdown_timeout_s: float | None = Field(None, gt=0, description="None: the deployment's default")
+    # Ray resources per replica (ray_actor_options). A fraction of a GPU lets replicas
+    # share one: 0.5 puts two ASR replicas on each GPU. Only asr and tts run models on it.
+    num_gpus: float = Field(0, ge=0, description="GPUs per replica (fractions share one); 0: none")
+    num_cpus: float | None = Field(None, ge=0, description="CPUs per replica; None: the deployment's own")
 
 
 class ServeConfig(BaseModel):
@@ -125,8 +138,10 @@ class VoxrayConfig(BaseModel):
     ingress: Scaling = Field(default_factory=lambda: Scaling(target_ongoing_requests=50,
                                                             graceful_shutdown_timeout_s=300))
     vad: Scaling = Field(default_factory=lambda: Scaling(target_ongoing_requests=4))
-    asr: Scaling = Field(default_factory=Scaling)
-    tts: Scaling = Field(default_factory=Scaling)
+    # A warm standby: a request that meets a dead replica goes to the other at once,
+    # instead of waiting ~10 s for Serve to start a replacement and load its model.
+    asr: Scaling = Field(default_factory=lambda: Scaling(min_replicas=2, max_replicas=2))
+    tts: Scaling = Field(default_factory=lambda: Scaling(min_replicas=2, max_replicas=2))
 
     def media_dict(self) -> dict:
         """The media settings as the ingress and the UA workers get them: their in-process
