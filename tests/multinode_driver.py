@@ -172,6 +172,15 @@ async def node_loss_phase(server: str, speech: np.ndarray, cluster, worker) -> d
             for cid, call in calls.items():
                 recs = (await http.get(f"http://{server}/call/records", params={"id": cid})).json()["records"]
                 call["record_reason"] = recs[0]["reason"] if recs else None
+        # The lost node's UA node went with it: its name is free, nothing waits to restart it.
+        deadline = time.monotonic() + 60
+        lost_ua_gone = False
+        while not lost_ua_gone and time.monotonic() < deadline:
+            try:
+                ray.get_actor(ua_node_name(worker.node_id), namespace=NAMESPACE)
+                await asyncio.sleep(1)
+            except ValueError:
+                lost_ua_gone = True
         # A new node joins: Serve puts the lost ingress replica there, and it gets a UA node.
         t_join = time.monotonic()
         new = cluster.add_node(num_cpus=4)
@@ -200,7 +209,7 @@ async def node_loss_phase(server: str, speech: np.ndarray, cluster, worker) -> d
             await c.send({"command": "hangup"})
             await c.wait_for("hangup", timeout=30)
         return {"calls": calls, "listed_after": out_listed, "rejoined": rejoined, "new_calls_answered": answered,
-                "head": head_node[:12]}
+                "head": head_node[:12], "lost_ua_node_gone": lost_ua_gone}
     finally:
         for c in clients.values():
             await c.close()

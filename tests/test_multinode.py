@@ -59,6 +59,7 @@ def test_a_lost_node_ends_its_calls_and_the_rest_go_on(multinode):
         assert "error" not in c, (cid, c)  # the agent's socket closed
         assert c["record_reason"] == "node_lost", (cid, c)  # with a call record saying why
     assert loss["listed_after"] == [], loss  # /call/lists dropped them (the others have hung up)
+    assert loss["lost_ua_node_gone"], loss  # the lost node's UA node went with it
     for cid, c in kept.items():
         assert "error" not in c, (cid, c)
         assert wer(SENTENCE, c["asr_text"]) <= 0.5, (cid, c)
