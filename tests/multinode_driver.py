@@ -198,16 +198,30 @@ async def node_loss_phase(server: str, speech: np.ndarray, cluster, worker) -> d
             await asyncio.sleep(1)
         rejoined = {"ingress_on_new_node": new.node_id in set(ingress_replica_nodes().values()),
                     "ua_node_on_new_node": has_ua, "after_s": round(time.monotonic() - t_join, 1)}
-        # New calls are answered (on either node).
-        answered = 0
-        for i in range(2):
-            c = await CallClient.connect(f"ws://{server}/call?id=nlnew{i}")
-            clients[f"nlnew{i}"] = c
+        # Serve counts the new replica as running; new calls are answered, one by it.
+        from ray import serve
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            dep = serve.status().applications["voxray"].deployments["Ingress"]
+            if {str(getattr(k, "value", k)): v for k, v in dep.replica_states.items()}.get("RUNNING", 0) >= 2:
+                break
+            await asyncio.sleep(1)
+        answered, on_new_node = 0, False
+        for i in range(MAX_PLACEMENT_TRIES * 2):
+            cid = f"nlnew{i}"
+            c = await CallClient.connect(f"ws://{server}/call?id={cid}")
+            clients[cid] = c
             await c.send({"command": "invite", "option": {"codec": "pcm"}})
             await c.wait_for("answer", timeout=CALL_TIMEOUT_S)
             answered += 1
+            replica = await replica_of(server, cid)
             await c.send({"command": "hangup"})
             await c.wait_for("hangup", timeout=30)
+            if ingress_replica_nodes().get(replica) == new.node_id:
+                on_new_node = True
+                break
+        rejoined["new_node_took_a_call"] = on_new_node
         return {"calls": calls, "listed_after": out_listed, "rejoined": rejoined, "new_calls_answered": answered,
                 "head": head_node[:12], "lost_ua_node_gone": lost_ua_gone}
     finally:

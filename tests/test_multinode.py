@@ -67,7 +67,7 @@ def test_a_lost_node_ends_its_calls_and_the_rest_go_on(multinode):
         assert c["record_reason"] == "done", (cid, c)
     # A node that joins gets the lost ingress replica and its own UA node; calls are answered.
     assert loss["rejoined"]["ingress_on_new_node"] and loss["rejoined"]["ua_node_on_new_node"], loss
-    assert loss["new_calls_answered"] == 2, loss
+    assert loss["new_calls_answered"] >= 1 and loss["rejoined"]["new_node_took_a_call"], loss
 
 
 def test_replicas_scaled_down_finish_their_calls(multinode):
