@@ -592,6 +592,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--media-calls", default="16,32",
                    help="media-plane CPU levels (noise, no ASR), comma-separated; empty: none (default 16,32)")
     p.add_argument("--media-seconds", type=float, default=20.0, help="media-plane window per level (default 20)")
+    p.add_argument("--config", default=None,
+                   help="TOML/JSON config the levels deploy (default: voxray's defaults), e.g. replica counts")
     p.add_argument("--seed", type=int, default=1, help="seed of the call-start stagger")
     p.add_argument("--plot", default=str(RESULTS.parent.parent / "latency_cpu.png"),
                    help="PNG of latency and CPU per call against concurrent calls (bench/plot.py); "
@@ -652,7 +654,7 @@ def main(argv: list[str] | None = None) -> None:
                                                           log=eprint)
     asr = [] if args.calls_only else asr_windows.run(quick=args.quick, log=eprint)
     audio = make_caller_audio()
-    config = VoxrayConfig()
+    config = VoxrayConfig.load(args.config) if args.config else VoxrayConfig()
     config.serve.host = "127.0.0.1"  # loopback only, whatever the environment says
     config.serve.port = free_port()
     # The levels measure the pipeline past saturation (32, 64 calls on 2 cores): admission

@@ -13,9 +13,11 @@ import time
 
 import ray
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 
 from voxray import metrics
 from voxray.deployments.asr_batch import AsrScheduler, batch_provider, transcribe_batch, transcribe_single
+from voxray.deployments.routing import FillFirstRouter
 from voxray.media.messages import AsrRequest, AsrResult
 from voxray.faults import enable_fault_dumps
 from voxray.logs import bind_call, get_logger
@@ -61,7 +63,10 @@ def loaded_devices(chain) -> dict[str, dict]:
 
 
 # 0.25 CPU: two replicas (the standby) of each of ASR and TTS fit a 2-core node with the rest.
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+# Fill-first routing: one replica batches the utterances while the standby waits warm.
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32,
+                  request_router_config=RequestRouterConfig(request_router_class=FillFirstRouter,
+                                                            request_router_kwargs={"fill": MAX_BATCH}))
 class AsrDeployment:
     def __init__(self, providers: dict | None = None, models: dict | None = None) -> None:
         enable_fault_dumps()

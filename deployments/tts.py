@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 import numpy as np
 import ray
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 
+from voxray.deployments.routing import FillFirstRouter
 from voxray.media.messages import TtsAudio, TtsRequest
 from voxray.faults import enable_fault_dumps
 from voxray.logs import bind_call, get_logger
@@ -49,7 +51,10 @@ async def synthesize_at_rate(chain: TtsChain, req: TtsRequest) -> AsyncIterator[
 
 
 # 0.25 CPU: two replicas (the standby) of each of ASR and TTS fit a 2-core node with the rest.
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+# Fill-first routing (deployments/routing.py): the standby waits warm instead of halving the work.
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32,
+                  request_router_config=RequestRouterConfig(request_router_class=FillFirstRouter,
+                                                            request_router_kwargs={"fill": 8}))
 class TtsDeployment:
     def __init__(self, providers: dict | None = None, piper_voice: str | None = None,
                  piper_device: str = "auto") -> None:

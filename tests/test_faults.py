@@ -18,12 +18,15 @@ pytestmark = pytest.mark.e2e
 
 
 def _kill_replica(deployment: str, app: str = "voxray") -> str:
-    for actor in ray.util.list_named_actors(all_namespaces=True):
-        name = actor["name"]
-        if name.startswith("SERVE_REPLICA") and f"{app}#{deployment}#" in name:
-            ray.kill(ray.get_actor(name, namespace=actor["namespace"]), no_restart=True)
-            return name
-    raise AssertionError(f"no replica of {deployment}")
+    """Kill the replica that takes the requests: the first by id, which fill-first routing
+    (deployments/routing.py) fills while the others stand by."""
+    replicas = sorted((a["name"].rsplit("#", 1)[-1], a) for a in ray.util.list_named_actors(all_namespaces=True)
+                      if a["name"].startswith("SERVE_REPLICA") and f"{app}#{deployment}#" in a["name"])
+    if not replicas:
+        raise AssertionError(f"no replica of {deployment}")
+    _, actor = replicas[0]
+    ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
+    return actor["name"]
 
 
 async def _healthy(deployment: str, app: str = "voxray", timeout: float = 90) -> None:
@@ -139,8 +142,8 @@ async def test_tts_replica_killed_then_tts_retries(voxray_server):
 async def _timed_turn(server: str, speech16k: np.ndarray, kill: str | None, when: str) -> dict:
     """One turn of a new call: the caller speaks, the agent replies as soon as asrFinal
     arrives. Seconds from the end of speech to asrFinal and to the reply's first audio,
-    with a replica of `kill` killed `when` ("speaking": mid-utterance; "final": between
-    the transcript and the reply's tts command)."""
+    with a replica of `kill` killed `when` ("speaking": mid-utterance; "ending": 0.3 s
+    before the caller stops; "final": between the transcript and the reply's tts command)."""
     client = await _invite(server)
     keepalive = None
     try:
@@ -149,11 +152,14 @@ async def _timed_turn(server: str, speech16k: np.ndarray, kill: str | None, when
         speech = speech16k[: voiced[-1] + 1]  # the end of speech is its last loud sample
         t0 = time.monotonic()
         sender = asyncio.create_task(client.stream(np.concatenate([lead, speech]).tobytes(), 640))
+        t_end = t0 + (len(lead) + len(speech)) / 16000
         if kill and when == "speaking":
             await client.wait_for("speaking", timeout=30)
             await asyncio.to_thread(_kill_replica, kill)
+        elif kill and when == "ending":  # 0.3 s before the caller stops: the turn's decodes are under way
+            await asyncio.sleep(max(0.0, t_end - 0.3 - time.monotonic()))
+            await asyncio.to_thread(_kill_replica, kill)
         await sender
-        t_end = t0 + (len(lead) + len(speech)) / 16000
         keepalive = asyncio.create_task(client.stream(np.zeros(16000 * 30, np.int16).tobytes(), 640))
         final = await client.wait_for("asrFinal", timeout=60)
         t_final = client.arrival(final)
@@ -180,7 +186,7 @@ async def test_a_killed_model_replica_costs_the_turn_under_a_second(voxray_serve
     bound here (2 s) leaves room for this noisy machine while the replacement loads its
     model beside the turn; the README reports the measured figures."""
     base = [await _timed_turn(voxray_server, speech16k, None, "") for _ in range(2)]
-    asr = await _timed_turn(voxray_server, speech16k, "AsrDeployment", "speaking")
+    asr = await _timed_turn(voxray_server, speech16k, "AsrDeployment", "ending")
     await _healthy("AsrDeployment")
     tts = await _timed_turn(voxray_server, speech16k, "TtsDeployment", "final")
     await _healthy("TtsDeployment")
