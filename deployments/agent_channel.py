@@ -70,6 +70,7 @@ class AgentChannel:
         self.errors = 0
         self.metrics: dict[str, dict] = {}
         self.info = None  # the call registry's CallInfo once answered (set by the ingress)
+        self.parties: tuple[str | None, str | None] = (None, None)  # an inbound call's caller, callee
         self.reason: str | None = None
         self.initiator: str | None = None
         # Resume: a dropped agent socket holds the call this long for a reconnect.
@@ -95,6 +96,8 @@ class AgentChannel:
         return due() if due else None
 
     async def emit(self, event: ev.EventBase) -> None:
+        if isinstance(event, ev.Incoming):  # an inbound call's parties, for its hangup event
+            self.parties = (event.caller, event.callee)
         if isinstance(event, ev.Answer) and not self.answered:
             await self._answered()
         elif isinstance(event, ev.RingingEvent) and event.early_media:
@@ -114,7 +117,7 @@ class AgentChannel:
             self.reply_expected_until = time.monotonic() + REPLY_WINDOW_S
             if self.on_reply_expected is not None:
                 self.on_reply_expected()
-        text = ev.dump_event(event)
+        text = ev.dump_event(event, self.call_id)
         if self.dump is not None:
             self.dump.record("out", text)
         if self.suspended:
@@ -227,15 +230,17 @@ class AgentChannel:
             self.reason, self.initiator = reason, initiator
             log.info("hangup", extra={"reason": reason, "initiator": initiator})
             opt = self.option
+            caller = (opt.caller if opt else None) or self.parties[0]
+            callee = (opt.callee if opt else None) or self.parties[1]
             event = ev.HangupEvent(
                 reason=reason, initiator=initiator,
                 start_time=iso(self.start_time), answer_time=iso(self.answer_time),
                 hangup_time=iso(self.hangup_time),
-                from_=ev.Attendee(username=opt.caller, source=self.path) if opt and opt.caller else None,
-                to=ev.Attendee(username=opt.callee) if opt and opt.callee else None,
+                from_=ev.Attendee.from_uri(caller) if caller else None,
+                to=ev.Attendee.from_uri(callee) if callee else None,
                 extra=extra,
             )
-            text = ev.dump_event(event)
+            text = ev.dump_event(event, self.call_id)
             if self.dump is not None:
                 self.dump.record("out", text)
             async with self._send_lock:

@@ -18,7 +18,7 @@ import ray
 from ray import serve
 
 from voxray.deployments.auth import TokenGuard
-from voxray.deployments.registry import CallInfo
+from voxray.deployments.registry import CallInfo, code_listing, documented_listing
 from voxray.admission import Admission, AdmissionSettings
 from voxray.config import SecuritySettings
 from voxray.media.services import ServeModelServices
@@ -160,7 +160,8 @@ class Ingress:
             await existing.resume(ws)
             return False
         if existing is not None:
-            await ws.send_text(dump_event(Error(sender="protocol", error=f"call id '{call_id}' is in use", code=409)))
+            await ws.send_text(dump_event(Error(sender="protocol", error=f"call id '{call_id}' is in use", code=409),
+                                          call_id))
             await ws.close(1008)
             return False
         why = self.admission.refusal() if gate else None
@@ -170,7 +171,7 @@ class Ingress:
                 log.warning("call refused", extra={"why": why.text, "refused_total": self.admission.refused})
             retry = self.admission.settings.retry_after_s
             await ws.send_text(dump_event(Error(sender="server", code=503,
-                                                error=f"{why.text}; try again in {retry} s")))
+                                                error=f"{why.text}; try again in {retry} s"), call_id))
             await ws.close(1013)  # Try Again Later
             return False
         return True
@@ -324,19 +325,35 @@ class Ingress:
     async def list_calls(self, request: Request) -> dict:
         self._authorize(request)
         calls = await self.registry.list.remote()
-        return {"calls": [c.model_dump() for c in calls]}
+        return {"calls": [documented_listing(c) for c in calls]}
 
-    @api.post("/call/kill/{call_id}")
-    async def kill(self, call_id: str, request: Request) -> dict:
+    @api.get("/list")
+    async def list_calls_code_form(self, request: Request) -> dict:
+        """active-call's running code serves its list here, in this shape."""
         self._authorize(request)
+        calls = await self.registry.list.remote()
+        return {"active_calls": [code_listing(c) for c in calls]}
+
+    async def _kill(self, call_id: str) -> bool:
         self._ensure_kill_listener()
         local = self.calls.get(call_id)
         if local is not None:
             await local.hangup("killed", "system")
-            return {"id": call_id, "killed": True}
-        if await self.registry.request_kill.remote(call_id):
-            return {"id": call_id, "killed": True}
+            return True
+        return await self.registry.request_kill.remote(call_id)
+
+    @api.post("/call/kill/{call_id}")
+    async def kill(self, call_id: str, request: Request) -> bool:
+        self._authorize(request)
+        if await self._kill(call_id):
+            return True  # active-call's documented answer
         raise HTTPException(status_code=404, detail=f"no active call '{call_id}'")
+
+    @api.get("/kill/{call_id}")
+    async def kill_code_form(self, call_id: str, request: Request) -> dict:
+        """active-call's running code: GET, and a status in the body either way."""
+        self._authorize(request)
+        return {"status": "killed" if await self._kill(call_id) else "not_found", "id": call_id}
 
     @api.get("/healthz")
     async def healthz(self) -> dict:

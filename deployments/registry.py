@@ -37,6 +37,23 @@ class CallInfo(BaseModel):
     node: str | None = None  # the Ray node of the replica: its loss ends the call
 
 
+CALL_TYPES = {"/call": "websocket", "/call/webrtc": "webrtc", "/call/sip": "sip"}
+
+
+def documented_listing(info: CallInfo) -> dict:
+    """A call as active-call's docs list it (`GET /call/lists`: id, call_type, created_at,
+    option), with voxray's own fields beside (replica, path, answered_at, ...)."""
+    return {**info.model_dump(), "call_type": CALL_TYPES.get(info.path, info.path),
+            "option": {"caller": info.caller, "callee": info.callee, "codec": info.codec}}
+
+
+def code_listing(info: CallInfo) -> dict:
+    """A call as active-call's running code lists it (`GET /list`)."""
+    return {"id": info.id, "callType": CALL_TYPES.get(info.path, info.path),
+            "option": {"caller": info.caller, "callee": info.callee, "codec": info.codec},
+            "ringTime": None, "startTime": info.answered_at}
+
+
 def lost_record(info: CallInfo, reason: str, when: str) -> CallRecord:
     """The call record of a call whose replica is gone and so wrote none itself."""
     return CallRecord(id=info.id, path=info.path, caller=info.caller, callee=info.callee, codec=info.codec,

@@ -25,6 +25,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(autouse=True)
+def strict_active_call_events():
+    """Every event a test's CallClients received parses under active-call's own types
+    (tests/active_call_rules.py): real calls on every path double as the compatibility suite."""
+    from tests.wsclient import STRICT_VIOLATIONS
+
+    STRICT_VIOLATIONS.clear()
+    yield
+    seen, STRICT_VIOLATIONS[:] = list(STRICT_VIOLATIONS), []
+    assert not seen, "events a strict active-call client would refuse:\n" + "\n".join(seen[:10])
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)

@@ -123,9 +123,15 @@ async def test_call_list_and_kill(voxray_server):
             listed = (await http.get("/call/lists")).json()["calls"]
             mine = [c for c in listed if c["id"] == "kill-me"]
             assert mine and mine[0]["callee"] == "agent-7" and mine[0]["path"] == "/call"
+            # active-call's documented shape, and its running code's route and shape.
+            assert mine[0]["call_type"] == "websocket" and mine[0]["option"]["callee"] == "agent-7"
+            assert mine[0]["created_at"]
+            code = [c for c in (await http.get("/list")).json()["active_calls"] if c["id"] == "kill-me"]
+            assert code and code[0]["callType"] == "websocket" and code[0]["option"]["callee"] == "agent-7"
             assert (await http.post("/call/kill/nope")).status_code == 404
+            assert (await http.get("/kill/nope")).json() == {"status": "not_found", "id": "nope"}
             r = await http.post("/call/kill/kill-me")
-            assert r.status_code == 200 and r.json()["killed"] is True
+            assert r.status_code == 200 and r.json() is True
             hangup = await client.wait_for("hangup", timeout=10)
             assert hangup["reason"] == "killed" and hangup["initiator"] == "system"
             await asyncio.wait_for(client.closed.wait(), 5)

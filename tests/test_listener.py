@@ -179,3 +179,39 @@ def test_end_of_turn_bounds_come_from_the_call_and_the_node():
     assert (b.complete_ms, b.unknown_ms, b.incomplete_ms) == (200, 480, 480)
     assert eou_bounds(CallOption.model_validate({"eou": {"type": "silence"}}), config, 480) is None
     assert eou_bounds(CallOption(), MediaConfig(speculative_asr=False), 480) is None
+
+
+async def test_silence_timeout_is_a_repeating_no_input_timeout():
+    """active-call's `vad.silenceTimeout`: `silence` after that long without speech, and
+    again every as long; it does not stretch the wait that ends a turn."""
+    listener, sink, _, _ = make({"vad": {"silenceTimeout": 1000}})
+    say(listener, silence(2600))
+    await sink.wait("silence")
+    await asyncio.sleep(0.3)
+    quiet = sink.of("silence")
+    # In whole VAD windows (32 ms): the first window at or past the timeout.
+    assert len(quiet) == 2 and all(1000 <= s.duration < 1032 for s in quiet) and "speaking" not in sink.names()
+    assert quiet[1].start_time - quiet[0].start_time == quiet[0].duration
+    await stop(listener)
+
+
+async def test_speech_padding_is_the_speech_needed_before_it_counts():
+    listener, sink, _, owner = make({"vad": {"speechPadding": 500}})
+    say(listener, np.concatenate([silence(300), tone(300), silence(1200), tone(900), silence(1500)]))
+    final = (await sink.wait("asrFinal"))[0]
+    assert sink.names().count("speaking") == 1 and owner.speech_starts == 1  # the 300 ms tone did not count
+    assert final.text == "tone 900 ms"
+    await stop(listener)
+
+
+def test_silence_padding_ends_an_utterance_when_set():
+    from voxray.media.listener import segmenter_config
+
+    def cfg(vad: dict):
+        return segmenter_config(CallOption.model_validate({"codec": "pcm", "vad": vad}), MediaConfig())
+
+    assert cfg({"silencePadding": 300}).end_silence_ms == 300
+    assert cfg({"voiceThreshold": 0.6}).end_silence_ms == MediaConfig().end_silence_ms  # unset: the server's
+    assert cfg({"speechPadding": 400}).min_speech_ms == 400
+    assert cfg({"speechPadding": 400, "minSpeechMs": 128}).min_speech_ms == 128  # the ext field wins
+    assert cfg({}).min_speech_ms == 96

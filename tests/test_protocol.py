@@ -28,6 +28,13 @@ def test_every_protocol_command_name_parses():
         assert parsed.command == name
 
 
+def test_wait_input_timeout_in_seconds_or_active_call_code_milliseconds():
+    assert c.parse_command('{"command":"tts","text":"hi","waitInputTimeout":5}').wait_input_timeout == 5
+    assert c.parse_command('{"command":"tts","text":"hi","waitInputTimeout":5000}').wait_input_timeout == 5
+    assert c.parse_command('{"command":"play","url":"x.wav","waitInputTimeout":1500}').wait_input_timeout == 1.5
+    assert c.parse_command('{"command":"play","url":"x.wav"}').wait_input_timeout is None
+
+
 def test_camel_case_fields_and_nested_options():
     cmd = c.parse_command(json.dumps({
         "command": "invite",
@@ -76,7 +83,8 @@ def test_events_serialize_camel_case_and_omit_absent_fields():
     assert out["event"] == "asrFinal" and out["startTime"] == 10 and out["endTime"] == 20
     assert out["trackId"] == "t" and isinstance(out["timestamp"], int)
     hang = json.loads(e.dump_event(e.HangupEvent(reason="bye", from_=e.Attendee(username="alice"))))
-    assert hang["from"] == {"username": "alice"} and "to" not in hang
+    # A party's fields are all there, as strict active-call clients require.
+    assert hang["from"] == {"username": "alice", "realm": "", "source": ""} and "to" not in hang
     # Round trip through the discriminated union.
     assert isinstance(e.parse_event(e.dump_event(e.TrackEnd(play_id="p", duration=5))), e.TrackEnd)
 

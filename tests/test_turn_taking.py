@@ -120,7 +120,7 @@ async def test_speech_after_a_pause_drops_its_speculation(real):
     audio = np.concatenate([silence(300), piper_speech(first), silence(300), piper_speech(second), silence(1500)])
     # Every pause may last 800 ms here: the 300 ms gap (about 480 ms below Silero's threshold,
     # with Piper's fading tail and the next word's onset) is never a turn's end.
-    rec, services = await call(real, audio, eou={"completeMs": 800}, vad={"silenceTimeout": 800})
+    rec, services = await call(real, audio, eou={"completeMs": 800}, vad={"silencePadding": 800})
     (final,) = finals(rec)
     assert wer(f"{first} {second}", final.text) <= 0.3, final.text
     full = [n for n, partial in services.asked if not partial]

@@ -9,6 +9,12 @@ import time
 import numpy as np
 import websockets
 
+from tests.active_call_rules import violations
+
+# What strict active-call clients would refuse in any event any CallClient received;
+# tests/conftest.py fails the test that saw one (every real call is a compatibility test).
+STRICT_VIOLATIONS: list[str] = []
+
 
 class CallClient:
     def __init__(self, ws) -> None:
@@ -32,8 +38,10 @@ class CallClient:
                     if isinstance(msg, bytes):
                         self.audio.append((time.monotonic(), msg))
                     else:
-                        self.events.append(json.loads(msg))
+                        event = json.loads(msg)
+                        self.events.append(event)
                         self.event_times.append(time.monotonic())
+                        STRICT_VIOLATIONS.extend(f"{v} in {msg[:300]}" for v in violations(event))
                     self._new.notify_all()
         except websockets.ConnectionClosed:
             pass

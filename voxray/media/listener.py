@@ -43,13 +43,20 @@ log = get_logger("voxray.media")
 
 
 def segmenter_config(option: CallOption, config: MediaConfig) -> SegmenterConfig:
+    """The VAD's settings for a call, with active-call's meanings for what the agent set:
+    `speechPadding` is the speech needed before it counts (`minSpeechMs` if both are set),
+    `silencePadding` the silence that ends an utterance. Fields left unset keep voxray's
+    defaults (96 ms of speech; the server's end-of-speech wait)."""
     vad = option.vad
+    given = vad.model_fields_set if vad else set()
+    min_speech = 96
+    if vad is not None:
+        use_padding = "speech_padding" in given and "min_speech_ms" not in given
+        min_speech = max(32, vad.speech_padding) if use_padding else vad.min_speech_ms
     return SegmenterConfig(
         threshold=vad.voice_threshold if vad else 0.5,
-        min_speech_ms=vad.min_speech_ms if vad else 96,
-        end_silence_ms=(vad.silence_timeout if vad and vad.silence_timeout else config.end_silence_ms),
-        speech_padding_ms=vad.speech_padding if vad else 250,
-        silence_padding_ms=vad.silence_padding if vad else 100,
+        min_speech_ms=min_speech,
+        end_silence_ms=vad.silence_padding if "silence_padding" in given else config.end_silence_ms,
         max_utterance_ms=(vad.max_buffer_duration_secs * 1000 if vad else 50_000),
     )
 
@@ -118,6 +125,9 @@ class Listener:
         self._amd_done = not option.answer_machine_detection
         self._bargein_run_ms = 0.0
         self._tasks: list[asyncio.Task] = []
+        # `vad.silenceTimeout` (active-call's no-input timeout): where the quiet being timed
+        # began, in ms of the caller's audio; None while the caller speaks.
+        self._quiet_since: int | None = 0
         self.stream_epoch_ms: int | None = None  # wall clock of stream position 0; None: no audio yet
         self.muted = False
         self.last_audio_in = time.monotonic()
@@ -196,10 +206,24 @@ class Listener:
                 for event in self.segmenter.push(window, prob):
                     await self._on_segment(event)
                 await self._check_barge_in(prob)
+                await self._check_no_input()
             self._maybe_partial()
+
+    async def _check_no_input(self) -> None:
+        """`silence` once the caller has said nothing for `vad.silenceTimeout` ms, and again
+        every as long, as active-call does."""
+        timeout = self.option.vad.silence_timeout if self.option.vad else None
+        if not timeout or self._quiet_since is None:
+            return
+        now = self.segmenter.position_ms
+        if now - self._quiet_since >= timeout:
+            await self.sink.emit(ev.Silence(track_id=self.call_id, start_time=self._epoch(self._quiet_since),
+                                            duration=now - self._quiet_since))
+            self._quiet_since = now
 
     async def _on_segment(self, event: SegmentEvent) -> None:
         if isinstance(event, SpeechStarted):
+            self._quiet_since = None
             self._current_index = next(self._utterance_index)
             self._utt_start_ms = event.start_ms
             self._partial_at_ms = 0
@@ -219,6 +243,7 @@ class Listener:
                 spec = None
             if self.transcribing:
                 self._asr_queue.put_nowait((index, event, spec))
+            self._quiet_since = event.end_ms
             await self.sink.emit(ev.Silence(
                 track_id=self.call_id, start_time=self._epoch(event.end_ms), duration=event.silence_ms,
             ))

@@ -88,6 +88,11 @@ class VadSegmenter:
         return self._speaking
 
     @property
+    def position_ms(self) -> int:
+        """How much audio the segmenter has seen."""
+        return int(self._pos * WINDOW_MS)
+
+    @property
     def utterance_ms(self) -> int:
         """Length of the utterance in progress (0 when not speaking)."""
         return int(len(self._utt) * WINDOW_MS) if self._speaking else 0

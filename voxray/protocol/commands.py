@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError, field_validator
 
 from voxray.protocol.base import WireModel
 from voxray.protocol.errors import ProtocolError
@@ -39,6 +39,17 @@ class Ringing(WireModel):
     ringtone: str | None = None
 
 
+WAIT_INPUT_MS_ABOVE = 60  # waitInputTimeout above this is milliseconds (active-call's code), else seconds (its docs)
+
+
+def wait_input_seconds(value: float | None) -> float | None:
+    """active-call's docs give `waitInputTimeout` in seconds, its code reads milliseconds:
+    both are taken, a value over a minute's worth of seconds being milliseconds."""
+    if value is None:
+        return None
+    return value / 1000 if value > WAIT_INPUT_MS_ABOVE else value
+
+
 class Tts(WireModel):
     command: Literal["tts"] = "tts"
     text: str = ""
@@ -47,17 +58,27 @@ class Tts(WireModel):
     auto_hangup: bool = False
     streaming: bool = False
     end_of_stream: bool = False
-    wait_input_timeout: float | None = Field(None, ge=0)
+    wait_input_timeout: float | None = Field(None, ge=0, description="seconds, or milliseconds when over 60")
     option: SynthesisOption | None = None
     base64: bool = False
+
+    @field_validator("wait_input_timeout")
+    @classmethod
+    def _seconds(cls, v: float | None) -> float | None:
+        return wait_input_seconds(v)
 
 
 class Play(WireModel):
     command: Literal["play"] = "play"
     url: str
     auto_hangup: bool = False
-    wait_input_timeout: float | None = Field(None, ge=0)
+    wait_input_timeout: float | None = Field(None, ge=0, description="seconds, or milliseconds when over 60")
     play_id: str | None = None
+
+    @field_validator("wait_input_timeout")
+    @classmethod
+    def _seconds(cls, v: float | None) -> float | None:
+        return wait_input_seconds(v)
 
 
 class Interrupt(WireModel):

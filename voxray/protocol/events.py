@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, TypeAdapter
@@ -20,9 +22,22 @@ class EventBase(WireModel):
 
 
 class Attendee(WireModel):
+    """A call party as active-call writes it: the URI's user part, its host, and the URI."""
+
     username: str | None = None
     realm: str | None = None
     source: str | None = None
+
+    @classmethod
+    def from_uri(cls, uri: str) -> Attendee:
+        """'sip:alice@example.com:5060;transport=udp' -> alice / example.com / the URI;
+        a bare name (a /call caller such as "alice") is its own username."""
+        rest = uri.split(":", 1)[1] if uri[:4].lower() in ("sip:", "tel:") or uri[:5].lower() == "sips:" else uri
+        rest = rest.split(";", 1)[0].split("?", 1)[0]
+        user, at, host = rest.rpartition("@")
+        if not at:
+            user, host = (rest, "") if uri[:4].lower() != "sip:" else ("", rest)
+        return cls(username=user, realm=host.split(":", 1)[0], source=uri)
 
 
 class Incoming(EventBase):
@@ -174,9 +189,46 @@ Event = Annotated[
 event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
 
 
-def dump_event(event: EventBase) -> str:
-    """Serialize an event for the wire: camelCase keys, absent optionals omitted."""
-    return event.model_dump_json(by_alias=True, exclude_none=True)
+def for_strict_clients(event: EventBase, track_id: str = "") -> EventBase:
+    """The event with every field active-call's own types require filled in.
+
+    active-call's agents parse events into strict types (its `SessionEvent`): a missing
+    `trackId`, `answer.sdp`, `hangup.startTime`, `interruption.current`, ... fails the whole
+    event, and `other.extra` must map strings to strings. Empty values where voxray has
+    none (an `answer` on /call carries no SDP); `trackId` is the call's id unless set."""
+    fill: dict[str, Any] = {}
+    if event.track_id is None and not isinstance(event, (Metrics, AddHistory)):
+        fill["track_id"] = track_id
+    if isinstance(event, (Answer, Incoming)) and event.sdp is None:
+        fill["sdp"] = ""
+    if isinstance(event, Incoming):
+        fill.update({k: "" for k in ("caller", "callee") if getattr(event, k) is None})
+    elif isinstance(event, RejectEvent) and event.reason is None:
+        fill["reason"] = ""
+    elif isinstance(event, HangupEvent):
+        when = datetime.fromtimestamp(event.timestamp / 1000, timezone.utc).isoformat(timespec="milliseconds")
+        fill.update({k: when for k in ("start_time", "hangup_time") if getattr(event, k) is None})
+        for side in ("from_", "to"):
+            party = getattr(event, side)
+            if party is not None:
+                fill[side] = party.model_copy(update={k: "" for k in ("username", "realm", "source")
+                                                      if getattr(party, k) is None})
+    elif isinstance(event, Interruption):
+        fill.update({k: 0 for k in ("total_duration", "current") if getattr(event, k) is None})
+    elif isinstance(event, Metrics) and event.data is None:
+        fill["data"] = {}
+    elif isinstance(event, Other):
+        if event.sender is None:
+            fill["sender"] = ""
+        if event.extra is not None:
+            fill["extra"] = {k: v if isinstance(v, str) else json.dumps(v) for k, v in event.extra.items()}
+    return event.model_copy(update=fill) if fill else event
+
+
+def dump_event(event: EventBase, track_id: str = "") -> str:
+    """Serialize an event for the wire: camelCase keys, absent optionals omitted, and
+    what strict active-call clients require present (`for_strict_clients`)."""
+    return for_strict_clients(event, track_id).model_dump_json(by_alias=True, exclude_none=True)
 
 
 def parse_event(text: str | bytes) -> Event:

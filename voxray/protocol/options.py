@@ -38,12 +38,16 @@ class TranscriptionOption(WireModel):
 class VADOption(WireModel):
     type: str = "silero"
     samplerate: int = 16000
-    speech_padding: int = Field(250, ge=0, le=5000, description="ms of audio kept before speech onset")
-    silence_padding: int = Field(100, ge=0, le=5000, description="ms of audio kept after speech end")
+    # active-call's meanings (its src/media/vad): when an agent sets these, they act so.
+    speech_padding: int = Field(250, ge=0, le=5000, description="ms of speech before it counts (`speaking`); "
+                                "applies when set, else minSpeechMs")
+    silence_padding: int = Field(100, ge=0, le=5000, description="ms of silence that ends an utterance; applies "
+                                 "when set, else the server's end-of-speech wait")
     ratio: float = Field(0.5, ge=0.0, le=1.0)
     voice_threshold: float = Field(0.5, ge=0.0, le=1.0)
     max_buffer_duration_secs: int = Field(50, ge=1, le=600)
-    silence_timeout: int | None = Field(None, ge=0, description="ms of silence that ends an utterance")
+    silence_timeout: int | None = Field(None, ge=0, description="no-input timeout: `silence` after this many "
+                                        "ms without the caller speaking, and again every as long")
     endpoint: str | None = None
     secret_key: str | None = None
     secret_id: str | None = None
