@@ -432,15 +432,16 @@ async def test_register_to_kamailio_inbound_through_proxy_and_refer_with_moh(
         await client.send({"command": "refer", "callee": "sip:transfer-target@127.0.0.1",
                            "options": {"moh": str(speech_alaw.with_name("speech16k.wav"))}})
         done = await client.wait_for("other", timeout=30, after=n)
-        assert done["sender"] == "sip" and done["extra"]["refer"]["code"] in (100, 200), done
+        assert done["sender"] == "sip" and done["extra"]["event"] == "refer", done
+        assert done["extra"]["code"] in ("100", "200"), done  # other.extra maps strings to strings
         final = None
         for _ in range(3):
             e = await client.wait_for("other", timeout=30, after=client.events.index(done) + 1)
-            if e["extra"]["refer"]["final"]:
+            if e["extra"]["final"] == "true":
                 final = e
                 break
             done = e
-        assert final and final["extra"]["refer"]["code"] == 200, client.events
+        assert final and final["extra"]["code"] == "200", client.events
         hangup = await client.wait_for("hangup", timeout=20)
         assert hangup["reason"] == "transferred"
         assert await caller.wait(30) == 0, caller.text()[-2000:]

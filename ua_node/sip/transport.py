@@ -140,7 +140,8 @@ class SipTransport(MediaTransport):
             f"this call takes media from {source} only")))
 
     def pj_refer_status(self, code: int, reason: str, final: bool) -> None:
-        self.emit(ev.Other(sender="sip", extra={"refer": {"code": code, "reason": reason, "final": final}}))
+        # A flat map: active-call's clients read `other.extra` as strings (the wire writes 200 as "200").
+        self.emit(ev.Other(sender="sip", extra={"event": "refer", "code": code, "reason": reason, "final": final}))
         if final:
             self.refer_pending = False
             self.endpoint.stack.post(self._stop_moh)
