@@ -38,6 +38,18 @@ def strict_active_call_events():
 
 
 @pytest.fixture(scope="session")
+def webhook_server():
+    """The agents' webhook for SIP calls, bound once for the whole run: the UA nodes' webhook
+    port stays taken between the modules that use it, never free for another listener."""
+    from tests.sip_env import SIP_ENV
+    from tests.test_sip import Webhook
+
+    hook = Webhook(SIP_ENV.webhook_port)
+    yield hook
+    hook.close()
+
+
+@pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 import uuid
@@ -48,11 +49,14 @@ class Webhook:
 
     def __init__(self, port: int) -> None:
         self.posts: dict[str, queue.Queue] = {"/hook": queue.Queue(), "/rule": queue.Queue()}
+        self.handled: list[str] = []  # every POST's path, for the message when one is missing
+        self.port = port
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                hook.handled.append(self.path)
                 hook.posts.setdefault(self.path, queue.Queue()).put(body)
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
@@ -69,7 +73,16 @@ class Webhook:
         try:
             return await asyncio.to_thread(self.posts[path].get, True, timeout)
         except queue.Empty:
-            raise AssertionError(f"no webhook POST to {path} within {timeout}s") from None
+            # Who holds the port, if a POST went elsewhere (the UA workers log each 2xx answer).
+            listeners = subprocess.run(["ss", "-ltnpH", f"sport = :{self.port}"], capture_output=True,
+                                       text=True).stdout.strip()
+            raise AssertionError(f"no webhook POST to {path} within {timeout}s; this server took "
+                                 f"{len(self.handled)} POSTs in all; listening on :{self.port}: {listeners}") from None
+
+    def drain(self) -> None:
+        for q in self.posts.values():
+            while not q.empty():
+                q.get_nowait()
 
     def close(self) -> None:
         self.server.shutdown()
@@ -225,10 +238,11 @@ def udp_exchange(payload: bytes, timeout: float = 5.0, want: str | None = None) 
 # -- fixtures ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def webhook():
-    hook = Webhook(SIP_ENV.webhook_port)
-    yield hook
-    hook.close()
+def webhook(webhook_server):
+    """The webhook (one server for the run: tests/conftest.py), with nothing left over
+    from another module's calls."""
+    webhook_server.drain()
+    return webhook_server
 
 
 @pytest.fixture(scope="module")
