@@ -297,6 +297,9 @@ async def test_inbound_call_speech_asr_tts_dtmf_and_bye(voxray_server, webhook, 
     hook = await webhook.next("/hook")
     assert hook["callee"].startswith("sip:agent@") and hook["caller"].startswith("sip:caller")
     assert hook["from_tag"] and hook["call_id"]
+    # active-call's running code posts these: the id to connect with, the INVITE's headers and SDP.
+    assert hook["dialogId"] == hook["call_id"] and hook["event"] == "invite" and hook["createdAt"]
+    assert any(h.lower().startswith("call-id:") for h in hook["headers"]) and "m=audio" in hook["offer"]
     client = await _agent(voxray_server, hook["call_id"])
     try:
         incoming = await client.wait_for("incoming", timeout=15)

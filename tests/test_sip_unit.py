@@ -94,3 +94,10 @@ async def test_music_on_hold_refuses_what_play_refuses(tmp_path):
     ok = await incall.load_moh(str(allowed / "hold.wav"))
     assert ok.size == 3200 and np.abs(ok).max() > 4000  # 200 ms at 16 kHz
     await endpoint.http.aclose()
+
+
+def test_the_invite_headers_for_the_webhook_are_its_header_lines():
+    from voxray.ua_node.sip.pjcall import sip_headers
+
+    msg = "INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP x\r\nCall-ID: 1\r\nContent-Length: 3\r\n\r\nv=0"
+    assert sip_headers(msg) == ["Via: SIP/2.0/UDP x", "Call-ID: 1", "Content-Length: 3"]

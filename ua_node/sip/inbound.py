@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime, timezone
 
 import pjsua2 as pj
 
@@ -18,7 +19,7 @@ from voxray.protocol import commands as cmd
 from voxray.protocol import events as ev
 from voxray.ua_node.node import NodeCall
 from voxray.ua_node.sip.endpoint import SipEndpoint
-from voxray.ua_node.sip.pjcall import SipAccount, SipCall, header_tag, plain_uri, sip_body, sip_header
+from voxray.ua_node.sip.pjcall import SipAccount, SipCall, header_tag, plain_uri, sip_body, sip_header, sip_headers
 from voxray.ua_node.sip.routing import Route, choose_route, notify
 from voxray.ua_node.sip.transport import SipTransport
 
@@ -42,6 +43,7 @@ class InboundCalls:
             "caller": plain_uri(from_h), "callee": plain_uri(to_h),
             "sip_call_id": sip_header(msg, "call-id", "i"), "from_tag": header_tag(from_h),
             "to_tag": None, "sdp": sip_body(msg), "source": prm.rdata.srcAddress,
+            "headers": sip_headers(msg), "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         }
         try:
             info["to_tag"] = header_tag(call.getInfo().localUri)
@@ -86,7 +88,10 @@ class InboundCalls:
                 return
             payload = {"caller": info["caller"], "callee": info["callee"], "call_id": t.call_id,
                        "from_tag": info["from_tag"], "to_tag": info["to_tag"],
-                       "sip_call_id": info["sip_call_id"]}
+                       "sip_call_id": info["sip_call_id"],
+                       # The same call as active-call's running code posts it (its webhook.rs).
+                       "dialogId": t.call_id, "createdAt": info["created_at"], "event": "invite",
+                       "headers": info["headers"], "offer": info["sdp"] or ""}
             if not await notify(ep.http, route.url, payload, ep.settings.webhook_timeout_s):
                 await ep.reject(t, 480, "agent webhook failed", "system")
                 return

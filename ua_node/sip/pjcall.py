@@ -35,6 +35,12 @@ def sip_header(msg: str, *names: str) -> str | None:
     return None
 
 
+def sip_headers(msg: str) -> list[str]:
+    """Every header line of a raw SIP message, as "Name: value" (active-call's webhook sends them)."""
+    head = msg.split("\r\n\r\n", 1)[0]
+    return [line for line in head.split("\r\n")[1:] if ":" in line]
+
+
 def sip_body(msg: str) -> str | None:
     parts = msg.split("\r\n\r\n", 1)
     return parts[1] if len(parts) == 2 and parts[1].strip() else None
