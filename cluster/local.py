@@ -91,7 +91,7 @@ def _progress(config: VoxrayConfig, seen: dict[str, str], log, elapsed: float) -
     if app_status is None:
         return []
     wanted = _wanted(config)
-    unplaced = _unplaced_replicas(config.serve.app_name)
+    unplaced: dict[str, int] | None = None  # asked of Ray's state API only while replicas are missing
     out = []
     for name, dep in app_status.deployments.items():
         state = str(dep.status.value if hasattr(dep.status, "value") else dep.status)
@@ -100,8 +100,11 @@ def _progress(config: VoxrayConfig, seen: dict[str, str], log, elapsed: float) -
             label = {"UPDATING": "loading", "HEALTHY": "ready"}.get(state, state.lower())
             log(f"  [{elapsed:5.1f}s] {name}: {label}")
         states = {str(getattr(k, "value", k)): v for k, v in (dep.replica_states or {}).items()}
-        out.append(DeploymentProgress(name, wanted.get(name, 1), states.get("RUNNING", 0),
-                                      unplaced.get(name, 0), dep.message or ""))
+        running = states.get("RUNNING", 0)
+        if running < wanted.get(name, 1) and unplaced is None:
+            unplaced = _unplaced_replicas(config.serve.app_name)
+        out.append(DeploymentProgress(name, wanted.get(name, 1), running, (unplaced or {}).get(name, 0),
+                                      dep.message or ""))
     return out
 
 

@@ -40,17 +40,23 @@ class CallInfo(BaseModel):
 CALL_TYPES = {"/call": "websocket", "/call/webrtc": "webrtc", "/call/sip": "sip"}
 
 
+def _call_type(info: CallInfo) -> str:
+    return CALL_TYPES.get(info.path, info.path)
+
+
+def _option(info: CallInfo) -> dict:
+    return {"caller": info.caller, "callee": info.callee, "codec": info.codec}
+
+
 def documented_listing(info: CallInfo) -> dict:
     """A call as active-call's docs list it (`GET /call/lists`: id, call_type, created_at,
     option), with voxray's own fields beside (replica, path, answered_at, ...)."""
-    return {**info.model_dump(), "call_type": CALL_TYPES.get(info.path, info.path),
-            "option": {"caller": info.caller, "callee": info.callee, "codec": info.codec}}
+    return {**info.model_dump(), "call_type": _call_type(info), "option": _option(info)}
 
 
 def code_listing(info: CallInfo) -> dict:
     """A call as active-call's running code lists it (`GET /list`)."""
-    return {"id": info.id, "callType": CALL_TYPES.get(info.path, info.path),
-            "option": {"caller": info.caller, "callee": info.callee, "codec": info.codec},
+    return {"id": info.id, "callType": _call_type(info), "option": _option(info),
             "ringTime": None, "startTime": info.answered_at}
 
 
@@ -222,7 +228,7 @@ class CallRegistry:
         self.core.sync(replica, calls)
 
     async def list(self) -> list[CallInfo]:
-        await self.sweep()
+        self._ensure_sweeper()  # lost nodes' calls leave the list within a sweep (SWEEP_S)
         return self.core.list()
 
     async def request_kill(self, call_id: str) -> bool:

@@ -59,6 +59,24 @@ async def replica_of(server: str, call_id: str) -> str | None:
     return None
 
 
+async def speak_and_hang_up(client: CallClient, call: dict, payload: bytes, reply: str) -> bool:
+    """One /call turn on a held call: the caller speaks, the agent replies and hangs up.
+    Fills call's asr_text, tts_frames and hangup, or its error; True when it all came."""
+    try:
+        await client.stream(payload, 640)
+        call["asr_text"] = (await client.wait_for("asrFinal", timeout=CALL_TIMEOUT_S))["text"]
+        n = len(client.events)
+        await client.send({"command": "tts", "text": reply, "playId": "reply"})
+        await client.wait_for("trackEnd", timeout=CALL_TIMEOUT_S, after=n, playId="reply")
+        call["tts_frames"] = len(client.audio)
+        await client.send({"command": "hangup", "reason": "done"})
+        call["hangup"] = (await client.wait_for("hangup", timeout=30))["reason"]
+        return True
+    except AssertionError as exc:
+        call["error"] = str(exc)[:300]
+        return False
+
+
 async def spread_phase(server: str, speech: np.ndarray) -> dict:
     """WebRTC calls until both ingress replicas (hence both UA nodes) hold one."""
     import ray
@@ -135,20 +153,6 @@ async def node_loss_phase(server: str, speech: np.ndarray, cluster, worker) -> d
         cluster.remove_node(worker)
         log("worker node removed; calls:", calls)
 
-        async def survive(cid: str) -> None:
-            client, call = clients[cid], calls[cid]
-            try:
-                await client.stream(payload, 640)
-                call["asr_text"] = (await client.wait_for("asrFinal", timeout=CALL_TIMEOUT_S))["text"]
-                n = len(client.events)
-                await client.send({"command": "tts", "text": "Still here.", "playId": "after"})
-                await client.wait_for("trackEnd", timeout=CALL_TIMEOUT_S, after=n, playId="after")
-                call["tts_frames"] = len(client.audio)
-                await client.send({"command": "hangup", "reason": "done"})
-                call["hangup"] = (await client.wait_for("hangup", timeout=30))["reason"]
-            except AssertionError as exc:
-                call["error"] = str(exc)[:300]
-
         async def lost(cid: str) -> None:
             client, call = clients[cid], calls[cid]
             try:
@@ -158,7 +162,9 @@ async def node_loss_phase(server: str, speech: np.ndarray, cluster, worker) -> d
                 call["error"] = "socket still open 60 s after its node went"
             call["events_after"] = client.names()[-3:]
 
-        await asyncio.gather(*(lost(c) if calls[c]["on_lost_node"] else survive(c) for c in calls))
+        await asyncio.gather(*(lost(c) if calls[c]["on_lost_node"]
+                               else speak_and_hang_up(clients[c], calls[c], payload, "Still here.")
+                               for c in calls))
         # The registry drops the lost calls from the list and writes their records.
         async with httpx.AsyncClient(timeout=10) as http:
             deadline = time.monotonic() + 60
@@ -297,18 +303,8 @@ async def drain_phase(server: str, speech: np.ndarray, config) -> dict:
         await asyncio.sleep(max(0.0, t_issue + DRAIN_HOLD_S - time.monotonic()))
 
         async def converse(client: CallClient, call: dict) -> None:
-            try:
-                await client.stream(payload, 640)
-                call["asr_text"] = (await client.wait_for("asrFinal", timeout=CALL_TIMEOUT_S))["text"]
-                n = len(client.events)
-                await client.send({"command": "tts", "text": "Goodbye.", "playId": "bye"})
-                await client.wait_for("trackEnd", timeout=CALL_TIMEOUT_S, after=n, playId="bye")
-                call["tts_frames"] = len(client.audio)
-                await client.send({"command": "hangup", "reason": "done"})
-                call["hangup"] = (await client.wait_for("hangup", timeout=30))["reason"]
+            if await speak_and_hang_up(client, call, payload, "Goodbye."):
                 call["ended_after_issue_s"] = round(time.monotonic() - t_issue, 1)
-            except AssertionError as exc:
-                call["error"] = str(exc)[:300]
 
         await asyncio.gather(*(converse(c, call) for c, call in zip(clients, calls, strict=False)))
         # The draining replica leaves once its calls have ended.
