@@ -24,7 +24,10 @@ from voxray.protocol import commands as cmd
 from voxray.protocol import events as ev
 from voxray.protocol import rules
 from voxray.protocol.errors import ProtocolError
+from voxray.protocol.support import check_supported
 from voxray.media.codecs import CodecError
+from voxray.media.config import MediaConfig
+from voxray.media.recorder import check_format, recording_path
 
 log = get_logger("voxray.call")
 
@@ -34,6 +37,20 @@ MAX_AUDIO_FRAME_BYTES = 64 * 1024  # 2 s of 16 kHz PCM: far more than any sane f
 REPLY_EXPECTED = (ev.AsrFinal, ev.Eou, ev.AsrDelta)
 REPLY_WINDOW_S = 1.5
 DEFAULT_HANDSHAKE_TIMEOUT_S = 60.0
+DEFAULT_PING_S = 20.0  # active-call's `?ping=` default: a `ping` event every 20 s (0: none)
+
+
+def ping_interval(value: str | None) -> float:
+    """`?ping=N`: seconds between `ping` events; absent: active-call's 20; 0 turns them off."""
+    if value is None or value == "":
+        return DEFAULT_PING_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ProtocolError(f"?ping= must be a number of seconds, not {value!r}", 400) from None
+    if not 0 <= seconds <= 3600:
+        raise ProtocolError("?ping= must be 0 (off) to 3600 seconds", 400)
+    return seconds
 
 MediaFactory = Callable[["AgentChannel"], CallMedia]
 
@@ -47,7 +64,8 @@ class AgentChannel:
                  on_answer: Callable[["AgentChannel"], Awaitable[None]] | None = None,
                  on_end: Callable[["AgentChannel"], Awaitable[None]] | None = None,
                  handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
-                 resume_grace_s: float = 0.0, dump: CallDump | None = None) -> None:
+                 resume_grace_s: float = 0.0, dump: CallDump | None = None,
+                 ping_s: float = DEFAULT_PING_S, recordings_dir: str | None = None) -> None:
         self.ws = ws
         self.dump = dump
         self.call_id = call_id
@@ -56,6 +74,9 @@ class AgentChannel:
         self._on_answer = on_answer
         self._on_end = on_end
         self.handshake_timeout_s = handshake_timeout_s
+        self.ping_s = ping_s
+        self.recordings_dir = recordings_dir
+        self.recording: str | None = None  # the call's WAV, where its media's node writes it
         self.answered = False
         self.early_media = False
         self.start_time = time.time()
@@ -183,13 +204,25 @@ class AgentChannel:
 
     async def _serve_socket(self) -> None:
         reader = asyncio.create_task(self._read_loop(), name=f"ws-read-{self.call_id}")
-        watchdog = asyncio.create_task(self._watchdog(), name=f"watchdog-{self.call_id}")
+        tasks = [reader, asyncio.create_task(self._watchdog(), name=f"watchdog-{self.call_id}")]
+        if self.ping_s > 0:
+            tasks.append(asyncio.create_task(self._pinger(), name=f"ping-{self.call_id}"))
         try:
             await self._ended.wait()
         finally:
-            reader.cancel()
-            watchdog.cancel()
-            await asyncio.gather(reader, watchdog, return_exceptions=True)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _pinger(self) -> None:
+        """active-call's keep-alive: a `ping` event every `?ping=` seconds, its payload the time."""
+        while True:
+            await asyncio.sleep(self.ping_s)
+            if self.hangup_time is not None:
+                return
+            if self.suspended:  # no agent to keep alive: nothing to queue for it either
+                continue
+            await self.emit(ev.Ping(payload=datetime.now(timezone.utc).isoformat()))
 
     def _hold_for_resume(self) -> bool:
         if self.hangup_time is not None or not self.answered or self.resume_grace_s <= 0:
@@ -219,6 +252,7 @@ class AgentChannel:
             start_time=iso(self.start_time), answer_time=iso(self.answer_time),
             hangup_time=iso(self.hangup_time), reason=self.reason, initiator=self.initiator,
             frames_in=self.frames_in, frames_out=self.frames_out, errors=self.errors, metrics=self.metrics,
+            recording=self.recording,
         )
 
     async def hangup(self, reason: str, initiator: str, extra: dict | None = None) -> None:
@@ -264,6 +298,7 @@ class AgentChannel:
                 continue
             limit = self.option.inactivity_timeout
             if limit and self.answered and time.monotonic() - self.media.last_activity > limit:
+                await self.emit(ev.Inactivity(track_id=self.call_id))
                 await self.hangup("inactivity_timeout", "server")
                 return
 
@@ -325,6 +360,14 @@ class AgentChannel:
 
     async def _dispatch(self, c: cmd.Command) -> None:
         rules.check(c, self.call_state())
+        check_supported(c)  # active-call fields voxray cannot act on: a 501 naming the field
+        recorder = c.option.recorder if isinstance(c, (cmd.Invite, cmd.Accept)) else getattr(c, "recorder", None)
+        if isinstance(c, (cmd.Invite, cmd.Accept, cmd.Ringing)) and recorder and recorder.recorder_file:
+            # Checked here, so a bad name is this command's error, before any media is set up.
+            check_format(recorder)
+            path = recording_path(self.recordings_dir or MediaConfig.recordings_dir, recorder.recorder_file,
+                                  self.call_id)
+            self.recording = self.recording or str(path)
         if isinstance(c, cmd.Hangup):
             await self.hangup(c.reason or "hangup", c.initiator or "agent")
         elif isinstance(c, cmd.History):

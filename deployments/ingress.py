@@ -4,6 +4,7 @@
 # the route signatures (string annotations turn `ws: WebSocket` into a query param).
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -22,7 +23,7 @@ from voxray.deployments.registry import CallInfo, code_listing, documented_listi
 from voxray.admission import Admission, AdmissionSettings
 from voxray.config import SecuritySettings
 from voxray.media.services import ServeModelServices
-from voxray.deployments.agent_channel import AgentChannel, iso
+from voxray.deployments.agent_channel import DEFAULT_PING_S, AgentChannel, iso, ping_interval
 from voxray.deployments.call_dump import CallDump
 from voxray.deployments.call_media import LocalMedia
 from voxray.deployments.console import router as console_router
@@ -32,10 +33,13 @@ from voxray.deployments.ws_receive import pace_serve_receive
 from voxray import metrics
 from voxray.faults import enable_fault_dumps
 from voxray.logs import bind_call, get_logger
+from voxray.protocol.errors import ProtocolError
 from voxray.protocol.events import Error, dump_event
 from voxray.media.config import MediaConfig
+from voxray.media.echo import preload as preload_echo
 
 log = get_logger("voxray.ingress")
+NOTES_MAX_BYTES = 64 * 1024  # an agent's notes on one call record (POST /call/records/{id}/notes)
 UA_NODE_PLACEMENT_S = 5.0  # how soon a node that joined gets its UA node
 
 class UaNodes(Protocol):
@@ -79,6 +83,8 @@ class Ingress:
         self.dump_dir = sec.dump_dir
         self.media_config_dict = media or {}
         self.media_config = MediaConfig(**self.media_config_dict)
+        if self.media_config.echo_cancel:
+            preload_echo()  # not inside the first call that plays audio
         local_vad = InProcessVad(self.media_config.vad_model) if self.media_config.vad_in_process else None
         self.services = ServeModelServices(vad, asr, tts, on_asr_time=self.admission.observe_asr,
                                            vad_window_s=self.media_config.vad_batch_window_ms / 1000,
@@ -176,10 +182,16 @@ class Ingress:
             return False
         return True
 
-    def _channel(self, ws: WebSocket, call_id: str, path: str, factory) -> AgentChannel:
+    async def _channel(self, ws: WebSocket, call_id: str, path: str, factory) -> AgentChannel:
         dump = ws.query_params.get("dump", "").lower() in ("1", "true", "yes")
+        try:
+            ping_s = ping_interval(ws.query_params.get("ping"))
+        except ProtocolError as exc:  # told, and the call goes on with the default
+            ping_s = DEFAULT_PING_S
+            await ws.send_text(dump_event(Error(sender="protocol", error=exc.message, code=exc.code), call_id))
         return AgentChannel(ws, call_id, path, factory, on_answer=self._on_answer, on_end=self._on_end,
-                            resume_grace_s=self.resume_grace_s,
+                            resume_grace_s=self.resume_grace_s, ping_s=ping_s,
+                            recordings_dir=self.media_config.recordings_dir,
                             dump=CallDump(self.dump_dir, call_id) if dump else None)
 
     @api.websocket("/call")
@@ -192,7 +204,7 @@ class Ingress:
             return LocalMedia(call_id, self.services, self.media_config,
                               emit=ch.emit, send_audio=ch.send_audio, hangup=ch.request_hangup)
 
-        channel = self._channel(ws, call_id, "/call", local_media)
+        channel = await self._channel(ws, call_id, "/call", local_media)
         # The caller's 20 ms frames come from Serve's proxy one pull per VAD chunk, not one each.
         paced = pace_serve_receive(ws, self.media_config.ws_receive_max_wait_ms / 1000, due=channel.input_due)
         channel.on_reply_expected = paced.wake if paced else None
@@ -227,7 +239,7 @@ class Ingress:
         def remote_media(ch: AgentChannel) -> RemoteMedia:
             return RemoteMedia(None, call_id, kind, emit=ch.emit, channel=ch, place=place)
 
-        await self._hold(self._channel(ws, call_id, f"/call/{kind}", remote_media))
+        await self._hold(await self._channel(ws, call_id, f"/call/{kind}", remote_media))
 
     async def _local_ua_node(self):
         if self._ua_node is None:
@@ -259,7 +271,7 @@ class Ingress:
         def inbound_media(ch: AgentChannel) -> InboundSipMedia:
             return InboundSipMedia(worker, id, emit=ch.emit, channel=ch)
 
-        await self._hold(self._channel(ws, id, "/call/sip", inbound_media))
+        await self._hold(await self._channel(ws, id, "/call/sip", inbound_media))
 
     async def _worker_holding(self, call_id: str):
         """The UA worker that holds call_id (an inbound SIP call waiting for its agent), or None."""
@@ -320,6 +332,21 @@ class Ingress:
         self._authorize(request)
         recs = await self.registry.records.remote(max(1, min(limit, 1000)), id)
         return {"records": [r.model_dump() for r in recs]}
+
+    @api.post("/call/records/{call_id}/notes")
+    async def annotate_record(self, call_id: str, request: Request) -> dict:
+        """An agent's notes on its call (a JSON object, merged by key; e.g. the LLM agent's summary)."""
+        self._authorize(request)
+        body = await request.body()
+        if len(body) > NOTES_MAX_BYTES:
+            raise HTTPException(status_code=413, detail=f"notes over {NOTES_MAX_BYTES} bytes")
+        try:
+            notes = json.loads(body)
+        except ValueError:
+            raise HTTPException(status_code=400, detail="notes must be JSON") from None
+        if not isinstance(notes, dict) or not notes:
+            raise HTTPException(status_code=422, detail="notes must be a non-empty JSON object")
+        return {"id": call_id, "notes": await self.registry.annotate.remote(call_id, notes)}
 
     @api.get("/call/lists")
     async def list_calls(self, request: Request) -> dict:

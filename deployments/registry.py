@@ -216,6 +216,9 @@ class CallRegistry:
     async def records(self, limit: int = 100, call_id: str | None = None) -> list[CallRecord]:
         return await self.cdr.list(limit, call_id)
 
+    async def annotate(self, call_id: str, notes: dict) -> dict:
+        return await self.cdr.annotate(call_id, notes)
+
     async def register(self, info: CallInfo) -> None:
         self._ensure_sweeper()
         self.core.register(info)

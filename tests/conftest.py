@@ -17,6 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # many espeak sentences come out garbled in tiny.en, see STACK-NOTES).
 SENTENCE = "Hello, I need help with my account."
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+RECORDINGS = ARTIFACTS / "recordings"  # the test server's media.recordings_dir
 
 
 def free_port() -> int:
@@ -77,6 +78,7 @@ def voxray_server():
     config.transports.pool.webrtc_workers = 2  # the CPUs Ray is told of (8) would make 4
     # `play`, `background` and SIP music on hold read local files from here only.
     config.media.play_dirs = [str(ARTIFACTS / "sip")]
+    config.media.recordings_dir = str(RECORDINGS)  # `recorder.recorderFile` names files in here
     # Replica kills (test_faults) make a few ASR answers slow on purpose; the latency gate
     # must not turn the next tests' calls away. It is tested in test_admission, and
     # max_calls end to end in test_security.

@@ -50,5 +50,5 @@ def test_g722_round_trip_keeps_a_tone():
 def test_pcm_rejects_odd_payload_and_unknown_codec_is_named():
     with pytest.raises(CodecError):
         make_codec("pcm").decode(b"\x01\x02\x03")
-    with pytest.raises(CodecError, match="unsupported codec 'opus'"):
-        make_codec("opus")
+    with pytest.raises(CodecError, match="unsupported codec 'amr'"):
+        make_codec("amr")

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import RECORDINGS
+from tests.recordings import assert_recorded
 from tests.sip_env import REGISTRAR_PASSWORD, SIP_ENV, free_media_ports, free_udp_port
 from tests.test_models import wer
 from tests.wsclient import CallClient
@@ -304,9 +306,9 @@ async def test_inbound_call_speech_asr_tts_dtmf_and_bye(voxray_server, webhook, 
     try:
         incoming = await client.wait_for("incoming", timeout=15)
         assert "PCMA" in incoming["sdp"] and incoming["caller"] == hook["caller"]
-        recording = sip_workdir / f"recording-{hook['call_id']}.wav"
+        recording = RECORDINGS / f"sip-{hook['call_id']}.wav"
         await client.send({"command": "accept", "option": {
-            "caller": hook["caller"], "recorder": {"recorderFile": str(recording)}}})
+            "caller": hook["caller"], "recorder": {"recorderFile": "sip-{id}"}}})
         answer = await client.wait_for("answer", timeout=15)
         assert "m=audio" in answer["sdp"]
 
@@ -328,15 +330,9 @@ async def test_inbound_call_speech_asr_tts_dtmf_and_bye(voxray_server, webhook, 
     finally:
         await client.close()
 
-    # The recorder wrote both sides (caller's speech and the agent's reply) to one WAV.
-    from voxray.speech import read_wav
-
-    for _ in range(50):
-        if recording.exists() and recording.stat().st_size > 16000:
-            break
-        await asyncio.sleep(0.2)
-    rec, rate = read_wav(recording)
-    assert rate == 16000 and rec.size > 5 * rate and np.abs(rec.astype(np.int32)).max() > 3000
+    # The recorder wrote both sides, the caller's speech left and the agent's reply right,
+    # and the call's record links it.
+    await assert_recorded(voxray_server, hook["call_id"], recording, caller_s=1.0, agent_s=1.0)
 
     if capture is None:
         pytest.skip("tcpdump cannot capture on lo here: TTS-over-RTP check skipped (the rest passed)")

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import SENTENCE
+from tests.conftest import RECORDINGS, SENTENCE
+from tests.recordings import assert_recorded
 from tests.rtcpeer import RtcPeer
 from tests.test_models import wer
 from tests.wsclient import CallClient
@@ -79,10 +81,11 @@ def test_to_mono16_averages_stereo():
 
 # -- whole calls on Ray Serve -------------------------------------------------------------
 
-async def _call(server: str, peer: RtcPeer) -> CallClient:
+async def _call(server: str, peer: RtcPeer, call_id: str | None = None, **option) -> CallClient:
     """Connect as the agent, invite with the peer's offer, and hand the peer the answer."""
-    client = await CallClient.connect(f"ws://{server}/call/webrtc")
-    await client.send({"command": "invite", "option": {"caller": "rtc-tester", "offer": await peer.offer()}})
+    client = await CallClient.connect(f"ws://{server}/call/webrtc" + (f"?id={call_id}" if call_id else ""))
+    await client.send({"command": "invite", "option": {"caller": "rtc-tester", "offer": await peer.offer(),
+                                                       **option}})
     answer = await client.wait_for("answer", timeout=60)
     assert answer["sdp"].startswith("v=0") and "m=audio" in answer["sdp"]
     await peer.accept(answer["sdp"])
@@ -97,7 +100,8 @@ def _rms(pcm: np.ndarray) -> float:
 async def test_webrtc_speech_becomes_asr_final_and_tts_comes_back_over_srtp(voxray_server, speech16k):
     # Half a second of lead-in: the first packets go out while DTLS is still settling.
     peer = RtcPeer(np.concatenate([np.zeros(8000, np.int16), speech16k]))
-    client = await _call(voxray_server, peer)
+    call_id = uuid.uuid4().hex
+    client = await _call(voxray_server, peer, call_id, recorder={"recorderFile": "rtc-{id}"})
     try:
         final = await client.wait_for("asrFinal", timeout=90)
         assert wer(SENTENCE, final["text"]) <= 0.5, final["text"]
@@ -122,6 +126,8 @@ async def test_webrtc_speech_becomes_asr_final_and_tts_comes_back_over_srtp(voxr
     finally:
         await client.close()
         await peer.close()
+    # The UA worker recorded the call: the caller left, the agent right, linked from its record.
+    await assert_recorded(voxray_server, call_id, RECORDINGS / f"rtc-{call_id}.wav", caller_s=1.0, agent_s=1.0)
 
 
 @pytest.mark.e2e

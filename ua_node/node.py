@@ -185,7 +185,8 @@ class UaNodeCore:
         sink = SessionSink(call.emit, transport.send_audio,
                            lambda reason, initiator: self.end_call(call.call_id, reason, initiator),
                            clear_audio=transport.clear_output)
-        call.session = MediaSession(call.call_id, option, self.services, sink, self.media_config)
+        call.session = MediaSession(call.call_id, option, self.services, sink, self.media_config,
+                                    played=transport.playout_log)
         transport.on_audio = call.session.feed
         transport.on_closed = lambda reason, initiator: asyncio.get_running_loop().create_task(
             self.end_call(call.call_id, reason, initiator))
@@ -206,6 +207,8 @@ class UaNodeCore:
             if idle >= limit:
                 with bind_call(call.call_id):
                     log.info("peer inactive", extra={"idle_s": round(idle, 1), "timeout_s": limit})
+                # active-call tells the agent (`inactivity`) before the hangup it causes.
+                await call.emit(ev.Inactivity(track_id=call.call_id))
                 await self.end_call(call.call_id, "inactivity_timeout", "server")
                 return
             await asyncio.sleep(min(0.5, limit - idle))

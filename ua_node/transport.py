@@ -10,6 +10,7 @@ not agree exactly. The node wires all three (`UaNodeCore.attach`/`add_call`).
 from __future__ import annotations
 
 import collections
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -32,6 +33,10 @@ class MediaTransport(ABC):
         self.closed_early: tuple[str, str] | None = None  # the peer left before the node attached
         self._out: collections.deque[np.ndarray] = collections.deque()
         self._out_max = 25  # 500 ms: beyond this the network side stalled; drop the oldest
+        # (time.monotonic(), frame) of each frame as the network clock takes it: the echo
+        # canceller's reference (appended from pjmedia's clock thread for SIP: deque
+        # appends are atomic; the session drains it on the loop).
+        self.playout_log: collections.deque[tuple[float, np.ndarray]] = collections.deque(maxlen=64)
 
     def last_heard(self) -> float | None:
         """Monotonic time the peer was last heard, where the transport knows better than the
@@ -76,7 +81,11 @@ class MediaTransport(ABC):
 
     def next_frame(self) -> np.ndarray:
         """What the network clock plays now: queued speech, else silence."""
-        return self._out.popleft() if self._out else np.zeros(FRAME_16K, dtype=np.int16)
+        if not self._out:
+            return np.zeros(FRAME_16K, dtype=np.int16)
+        frame = self._out.popleft()
+        self.playout_log.append((time.monotonic(), frame))
+        return frame
 
     def clear_output(self) -> None:
         self._out.clear()

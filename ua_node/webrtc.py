@@ -192,15 +192,36 @@ class WebRtcTransport(MediaTransport):
 
 # -- registration ----------------------------------------------------------------------
 
+def strip_ipv6_candidates(sdp: str) -> str:
+    """The SDP without IPv6 ICE candidates (active-call's default; `enableIpv6: true` keeps them)."""
+    def ipv6(line: str) -> bool:
+        if not line.startswith("a=candidate:"):
+            return False
+        parts = line.split()
+        return len(parts) > 4 and ":" in parts[4]  # foundation component transport priority ADDRESS
+    lines = sdp.splitlines()
+    kept = [line for line in lines if not ipv6(line)]
+    return sdp if len(kept) == len(lines) else "\r\n".join(kept) + "\r\n"
+
+
 async def open_webrtc(call_id: str, option: CallOption, config: dict[str, Any]) -> tuple[WebRtcTransport, ev.Answer]:
     offer = offer_from(option)  # validate before allocating sockets
+    if not option.enable_ipv6:
+        offer = RTCSessionDescription(sdp=strip_ipv6_candidates(offer.sdp), type="offer")
     pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(config)))
     transport = WebRtcTransport(call_id, pc)
     try:
-        sdp = await transport.answer(offer)
+        # active-call's handshakeTimeout (seconds): how long setting up the answer may take.
+        sdp = await asyncio.wait_for(transport.answer(offer), option.handshake_timeout or None)
+    except asyncio.TimeoutError:
+        await transport.close()
+        raise ProtocolError(f"no WebRTC answer within handshakeTimeout ({option.handshake_timeout:g} s)",
+                            408) from None
     except BaseException:
         await transport.close()
         raise
+    if not option.enable_ipv6:
+        sdp = strip_ipv6_candidates(sdp)
     return transport, ev.Answer(track_id=call_id, sdp=sdp)
 
 

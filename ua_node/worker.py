@@ -35,6 +35,10 @@ class UaWorker:
 
         self.role, self.index = role, index
         media_config = MediaConfig(**(media or {}))
+        if media_config.echo_cancel:
+            from voxray.media.echo import preload
+
+            preload()
         gate = Admission(AdmissionSettings.model_validate(admission or {}),
                          on_limit=lambda v: metrics.set_gauge("admission_limit", v, where=f"ua_{role}{index}"))
         # The calls' audio is in this process: VAD runs here too, batched over its calls

@@ -1,4 +1,4 @@
-"""The `voxray` command: serve, demo, schema."""
+"""The `voxray` command: serve, demo, agent, schema."""
 
 from __future__ import annotations
 
@@ -70,6 +70,17 @@ def _demo(config) -> None:
         asyncio.run(demo.run(url, caller_wav=wav))
 
 
+def _agent(args: argparse.Namespace) -> None:
+    from voxray.agents.llm.playbook import load_playbook
+    from voxray.agents.llm.runner import client_for, run_agent
+
+    playbook = load_playbook(args.playbook)
+    client = client_for(playbook, base_url=args.base_url, model=args.model, api_key=args.api_key)
+    asyncio.run(run_agent(playbook, args.url, client=client, caller=args.caller, callee=args.callee,
+                          accept=args.accept, caller_wav=args.caller_wav, summary=not args.no_summary,
+                          timeout_s=args.timeout))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="voxray", description="voice-agent cluster on Ray")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -87,6 +98,19 @@ def main(argv: list[str] | None = None) -> None:
         sp.add_argument("--timeout", type=float, default=600.0,
                         help="seconds the deploy may take before it fails (replicas that need nodes "
                              "not joined yet are not waited for)")
+    sp = sub.add_parser("agent", help="run the LLM agent on one call (a playbook and any OpenAI-compatible model)")
+    sp.add_argument("--playbook", required=True, help="Markdown playbook: YAML header + system prompt")
+    sp.add_argument("--url", default="ws://127.0.0.1:8000/call", help="the call's WebSocket (/call, /call/sip?id=...)")
+    sp.add_argument("--base-url", help="chat completions base URL (default: the playbook's llm.baseUrl, "
+                                       "OPENAI_BASE_URL, or OpenAI's)")
+    sp.add_argument("--model", help="model name (default: the playbook's llm.model or OPENAI_MODEL)")
+    sp.add_argument("--api-key", help="API key (default: the playbook's llm.apiKey or OPENAI_API_KEY)")
+    sp.add_argument("--caller", help="invite option caller")
+    sp.add_argument("--callee", help="invite option callee")
+    sp.add_argument("--accept", action="store_true", help="answer an inbound call (accept) instead of invite")
+    sp.add_argument("--caller-wav", help="/call only: 16 kHz mono WAV streamed in as the caller's voice")
+    sp.add_argument("--no-summary", action="store_true", help="skip the post-call summary")
+    sp.add_argument("--timeout", type=float, help="hang up after this many seconds")
     sp = sub.add_parser("schema", help="print the protocol's JSON Schema")
     sp.add_argument("-o", "--output", help="write to a file instead of stdout")
     args = p.parse_args(argv)
@@ -104,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
         _serve(args)
     elif args.cmd == "demo":
         _serve(args, then=_demo)
+    elif args.cmd == "agent":
+        _agent(args)
 
 
 if __name__ == "__main__":

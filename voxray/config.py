@@ -64,6 +64,15 @@ class MediaSettings(BaseModel):
     eou_incomplete_ms: int = Field(1200, ge=96, le=10_000)
     speculative_asr: bool = True
     tts_first_clause: bool = True
+    echo_cancel: bool = Field(True, description="cancel the agent's own voice coming back in the caller's audio "
+                              "(WebRTC's AEC3, referenced by what voxray played) before VAD and ASR; "
+                              "per call: option.echoCancel")
+    echo_delay_ms: int = Field(0, ge=0, le=3000, description="expected echo delay for paths longer than the "
+                               "canceller's own search (~500 ms)")
+    tts_cache_mb: float = Field(64.0, ge=0, le=4096, description="audio of `tts` commands with a cacheKey kept "
+                                "per process for replay without synthesis (0: no cache)")
+    recordings_dir: str = Field("~/.voxray/recordings", description="where call recordings are written: "
+                                "`recorder.recorderFile` names a file inside it ({id}: the call id)")
     play_dirs: list[str] = Field(default_factory=list, description="folders `play` may read files from")
     play_cache_dir: str | None = None
     play_allow_private_urls: bool = False
@@ -127,6 +136,27 @@ class SecuritySettings(BaseModel):
         return self.api_tokens + ([env] if env else [])
 
 
+class AgentSettings(BaseModel):
+    """The in-cluster LLM agent (deployments/llm_agent.py): answers inbound SIP calls that the UA
+    node's webhook sends to the ingress's `POST /agent/webhook`. Off unless enabled."""
+
+    enabled: bool = False
+    playbook: str | None = Field(None, description="playbook file (voxray/agents/llm/playbook.py), read "
+                                 "where the app is deployed, `${VAR}` from that environment")
+    playbook_text: str | None = Field(None, description="the playbook itself, instead of a file")
+    base_url: str | None = Field(None, description="chat completions base URL; wins over the playbook's")
+    model: str | None = Field(None, description="model name; wins over the playbook's")
+    api_key_env: str | None = Field(None, description="environment variable (where deployed) with the API key")
+    server_url: str | None = Field(None, description="ws://host:port[/prefix] the agent connects to for "
+                                   "/call/sip; default: this app through the Serve proxy of its own node")
+    call_timeout_s: float | None = Field(3600.0, gt=0, description="hang up a call held longer than this")
+    summary: bool = Field(True, description="file a post-call summary on the call record")
+    # One held request per call: max_ongoing_requests bounds the calls of a replica and
+    # autoscaling aims at target_ongoing_requests calls per replica.
+    scaling: Scaling = Field(default_factory=lambda: Scaling(
+        target_ongoing_requests=8, max_ongoing_requests=16, graceful_shutdown_timeout_s=300))
+
+
 class VoxrayConfig(BaseModel):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
@@ -142,6 +172,7 @@ class VoxrayConfig(BaseModel):
     # instead of waiting ~10 s for Serve to start a replacement and load its model.
     asr: Scaling = Field(default_factory=lambda: Scaling(min_replicas=2, max_replicas=2))
     tts: Scaling = Field(default_factory=lambda: Scaling(min_replicas=2, max_replicas=2))
+    agent: AgentSettings = Field(default_factory=AgentSettings)
 
     def media_dict(self) -> dict:
         """The media settings as the ingress and the UA workers get them: their in-process

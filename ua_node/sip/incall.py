@@ -18,6 +18,7 @@ from voxray.ua_node.sip.endpoint import SipEndpoint
 from voxray.ua_node.sip.transport import SipTransport
 
 log = get_logger("voxray.sip")
+RINGTONE_PLAY_ID = "ringtone"  # the `ringing` command's tone, as the agent's trackStart/trackEnd name it
 
 
 class InCallCommands:
@@ -35,12 +36,17 @@ class InCallCommands:
         elif isinstance(c, cmd.Reject):
             await self.ep.reject(t, c.code or 486, c.reason or "rejected", "agent")
         elif isinstance(c, cmd.Ringing):
-            if c.recorder and c.recorder.recorder_file:
-                t.recorder_file = c.recorder.recorder_file
-            if c.early_media and call.session is None:
+            # A ringtone is early media (active-call: 183 with SDP, the tone played on it).
+            early = c.early_media or bool(c.ringtone)
+            tone = await load_audio(c.ringtone, 16000, self.play_policy) if c.ringtone else None
+            if early and call.session is None:
                 t.early_media = True
                 self.ep.core.attach(call, t)
-            await self.ep.job(lambda: self._pj_answer(t, 183 if c.early_media else 180))
+            if call.session is not None:
+                call.session.start_recording(c.recorder)
+            await self.ep.job(lambda: self._pj_answer(t, 183 if early else 180))
+            if tone is not None and call.session is not None:
+                await call.session.speaker.play_pcm(tone, 16000, play_id=RINGTONE_PLAY_ID)
         elif isinstance(c, cmd.Refer):
             await self.refer(t, c)
         else:
@@ -50,11 +56,14 @@ class InCallCommands:
     async def accept(self, call: NodeCall, t: SipTransport, option: cmd.CallOption) -> None:
         updates = {"caller": option.caller or call.option.caller, "callee": option.callee or call.option.callee}
         call.option = option.model_copy(update=updates)
-        if option.recorder and option.recorder.recorder_file:
-            t.recorder_file = option.recorder.recorder_file
         t.accepted = True
         if call.session is None:
-            self.ep.core.attach(call, t)
+            self.ep.core.attach(call, t)  # its recorder comes from the option
+        else:  # ringing with early media made it: the ringtone stops, recording may start
+            call.session.start_recording(option.recorder)
+            playing = call.session.speaker.playout.current
+            if playing is not None and playing.play_id == RINGTONE_PLAY_ID:
+                await call.session.interrupt()
         sdp = await self.ep.job(lambda: self._pj_answer(t, 200))
         await call.emit(ev.Answer(track_id=t.call_id, sdp=sdp))
 

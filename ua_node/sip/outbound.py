@@ -29,9 +29,7 @@ class OutboundCalls:
         if sip and (sip.username is None) != (sip.password is None):
             raise ProtocolError("option.sip needs both username and password", 422)
         caller_uri = ep.to_uri(option.caller) if option.caller and sip and sip.username else None
-        t = SipTransport(ep, call_id, inbound=False)
-        if option.recorder and option.recorder.recorder_file:
-            t.recorder_file = option.recorder.recorder_file
+        t = SipTransport(ep, call_id, inbound=False)  # its session records (option.recorder)
 
         def make_call() -> None:  # pj thread
             acc = ep.account

@@ -1,7 +1,7 @@
 """pjsua2 Account and Call subclasses: everything here runs on the pj thread.
 
 They report to the asyncio side (`SipTransport`) only through `stack.to_loop`, and
-hold the pj objects (call, media port, recorder) that must die on this thread.
+hold the pj objects (call, media port) that must die on this thread.
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ class CallReports(Protocol):
     """The asyncio half a pj call reports to (transport.SipTransport); `pj_*` run on the loop."""
 
     call_id: str
-    recorder_file: str | None
 
     def next_frame(self) -> np.ndarray: ...  # the media port's clock thread
     def forget_pj(self) -> None: ...  # pj thread
@@ -108,7 +107,6 @@ class SipCall(pj.Call):
         self.stack = stack
         self.transport = transport
         self.port: BridgePort | None = None
-        self.recorder: pj.AudioMediaRecorder | None = None
         self.audio_index: int | None = None
         self.local_sdp: str | None = None
         self.remote_sdp: str | None = None
@@ -182,19 +180,8 @@ class SipCall(pj.Call):
                 t = self.transport
                 self.port = BridgePort(lambda pcm: self.stack.frames.put(t.pj_audio, pcm), t.next_frame)
                 self.port.createPort(f"vox-{t.call_id[:20]}", audio_format())
-                rec_file = t.recorder_file
-                if rec_file:
-                    try:
-                        self.recorder = pj.AudioMediaRecorder()
-                        self.recorder.createRecorder(rec_file)
-                    except pj.Error as exc:
-                        log.warning("recorder failed", extra={"error": exc.info(), "file": rec_file})
-                        self.recorder = None
             am.startTransmit(self.port)
             self.port.startTransmit(am)
-            if self.recorder is not None:
-                am.startTransmit(self.recorder)
-                self.port.startTransmit(self.recorder)
             self.guard_update()
             break
 
@@ -210,9 +197,7 @@ class SipCall(pj.Call):
 
     def release_media(self) -> None:
         # Explicitly, here on the pj thread: never by Python's GC (lifetime.py says why).
-        recorder, port = self.recorder, self.port
-        self.recorder = self.port = None
-        destroy(recorder)
+        port, self.port = self.port, None
         destroy(port)
 
     def retire(self) -> None:

@@ -48,7 +48,6 @@ class SipTransport(MediaTransport):
         self.endpoint = endpoint
         self.call_id = call_id
         self.inbound = inbound
-        self.recorder_file: str | None = None  # read by the pj thread when media comes up
         self.last_rx: float | None = None  # monotonic time of the last RTP packet (set by the pj tick)
         self._pj: PjSide | None = None  # pj thread only
         self.accepted = False  # inbound: 200 OK sent

@@ -109,8 +109,58 @@ class G722(Codec):
         return b"".join(bytes(p) for p in self._enc.encode(frame))
 
 
+class Opus(Codec):
+    """Opus through libopus (PyAV ships it): one packet per WebSocket message each way,
+    16 kHz mono voice (20 ms frames: the session's ptime). Stateful, per call."""
+
+    name = "opus"
+    sample_rate = 16000
+    bytes_per_sample = 0.1  # ~32 kbit/s; packets vary (frame_bytes is only a hint)
+
+    def __init__(self) -> None:
+        import av
+
+        from voxray.media.resample import Resampler
+
+        self._av = av
+        self._dec = av.CodecContext.create("libopus", "r")
+        self._dec.sample_rate = 48000  # libopus decodes at 48 kHz whatever was asked
+        self._dec.layout = "mono"
+        self._dec.format = "s16"
+        self._down = Resampler(48000, 16000)
+        self._enc = av.CodecContext.create("libopus", "w")
+        self._enc.sample_rate = 16000
+        self._enc.layout = "mono"
+        self._enc.format = "s16"
+        self._enc.bit_rate = 32000
+        self._enc.options = {"application": "voip"}
+        self._enc.time_base = fractions.Fraction(1, 16000)
+        self._enc.open()
+        self._pts = 0
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        try:
+            frames = self._dec.decode(self._av.Packet(payload))
+        except self._av.error.FFmpegError as exc:
+            raise CodecError(f"opus decode failed: {exc}") from None
+        if not frames:
+            return np.zeros(0, dtype=np.int16)
+        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.int16)
+        rate = frames[0].sample_rate
+        return self._down.process(pcm) if rate == 48000 else pcm
+
+    def encode(self, pcm: np.ndarray) -> bytes:
+        frame = self._av.AudioFrame.from_ndarray(
+            pcm.astype(np.int16, copy=False).reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = 16000
+        frame.pts = self._pts
+        self._pts += pcm.size
+        return b"".join(bytes(p) for p in self._enc.encode(frame))
+
+
 _CODECS: dict[str, Callable[[], Codec]] = {
-    "pcm": Pcm16, "pcmu": lambda: G711("pcmu"), "pcma": lambda: G711("pcma"), "g722": G722,
+    "pcm": Pcm16, "pcmu": lambda: G711("pcmu"), "pcma": lambda: G711("pcma"), "g722": G722, "opus": Opus,
 }
 
 

@@ -15,6 +15,7 @@ reported to the owner. Every model call goes through `ModelServices`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import math
 import time
@@ -27,6 +28,7 @@ from voxray.logs import bind_call, get_logger
 from voxray.media import amd
 from voxray.media.codecs import Codec, make_codec
 from voxray.media.config import MediaConfig, MediaSink, fallback_metrics
+from voxray.media.echo import EchoCanceller
 from voxray.media.end_of_turn import EouBounds, decide
 from voxray.media.messages import AsrRequest, AsrResult, CallCredentials, VadChunk
 from voxray.media.playout import Track
@@ -131,6 +133,11 @@ class Listener:
         self.stream_epoch_ms: int | None = None  # wall clock of stream position 0; None: no audio yet
         self.muted = False
         self.last_audio_in = time.monotonic()
+        self.tap: Callable[[np.ndarray, int], None] | None = None  # sees each frame heard (recording)
+        self.echo: EchoCanceller | None = None  # the call's echo canceller (session.py sets it up)
+        # (time.monotonic(), 16 kHz frame) the transport played, when it says so (UA nodes);
+        # on /call the speaker feeds the canceller itself as it sends.
+        self.played: collections.deque | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -145,6 +152,8 @@ class Listener:
     def close(self) -> None:
         if self._denoiser is not None:
             self._denoiser.close()
+        if self.echo is not None:
+            self.echo.close()
 
     # -- audio in --------------------------------------------------------------------
 
@@ -156,7 +165,17 @@ class Listener:
             self.stream_epoch_ms = int(time.time() * 1000)
         if self.muted:
             pcm = np.zeros_like(pcm)
+        if self.tap is not None:  # the call's recorder
+            self.tap(pcm, self.codec.sample_rate)
         pcm16 = self._to16k.process(pcm)
+        if self.echo is not None:
+            # Our own voice out first (before RNNoise, which is nonlinear): what the
+            # transport played since the last frame is the canceller's reference.
+            played = self.played
+            while played:
+                at, frame = played.popleft()
+                self.echo.far_end(frame, at=at)
+            pcm16 = self.echo.near_end(pcm16)
         if self._denoiser is not None:
             pcm16 = self._denoiser.process(pcm16)
         self._frame16k = pcm16.size or self._frame16k
@@ -313,8 +332,10 @@ class Listener:
         if not (b.enabled and track is not None):
             self._bargein_run_ms = 0.0
             return
-        # The echo guard asks for more confidence while our own voice may leak back.
-        if prob >= min(self.segmenter.config.threshold + b.echo_guard, 0.95):
+        # The echo guard asks for more confidence while our own voice may leak back; with
+        # the canceller on there is no echo left to guard against (unless the agent asks).
+        guard = b.echo_guard if self.echo is None or "echo_guard" in b.model_fields_set else 0.0
+        if prob >= min(self.segmenter.config.threshold + guard, 0.95):
             self._bargein_run_ms += WINDOW_MS
         else:
             self._bargein_run_ms = 0.0

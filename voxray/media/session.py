@@ -7,21 +7,38 @@ agents' commands reach it through `voxray.media.commands.apply_command`.
 from __future__ import annotations
 
 import asyncio
+import collections
 
 from voxray.media.config import MediaConfig, MediaSink
+from voxray.logs import bind_call, get_logger
+from voxray.media.echo import EchoCanceller, EchoConfig
 from voxray.media.listener import Listener
+from voxray.media.recorder import CallRecorder, Recording, open_recorder
 from voxray.media.services import ModelServices
 from voxray.media.speaker import Speaker
 from voxray.media.vad_segmenter import VadSegmenter
 from voxray.protocol.commands import Background, Play, Tts
-from voxray.protocol.options import CallOption
+from voxray.protocol.options import CallOption, RecorderOption
 
 __all__ = ["MediaSession"]
+log = get_logger("voxray.media")
+
+
+def echo_canceller(config: MediaConfig, option: CallOption) -> EchoCanceller | None:
+    """The call's echo canceller: on where the server says (`media.echo_cancel`), unless the
+    agent turns it off for the call (`option.echoCancel`, ext)."""
+    wanted = option.echo_cancel if option.echo_cancel is not None else config.echo_cancel
+    if not wanted:
+        return None
+    return EchoCanceller(EchoConfig(delay_ms=config.echo_delay_ms))
 
 
 class MediaSession:
     def __init__(self, call_id: str, option: CallOption, services: ModelServices,
-                 sink: MediaSink, config: MediaConfig | None = None) -> None:
+                 sink: MediaSink, config: MediaConfig | None = None,
+                 played: collections.deque | None = None) -> None:
+        """played: where the transport logs (time, 16 kHz frame) as it plays them (UA nodes);
+        None: the audio is played as the speaker sends it (/call)."""
         self.call_id = call_id
         self.option = option
         self.config = config or MediaConfig()
@@ -32,6 +49,27 @@ class MediaSession:
                                  on_barge_in=lambda: self.speaker.interrupt(graceful=False),
                                  on_speech=self.speaker.cancel_wait_input)
         self.closed = False
+        self.echo = echo_canceller(self.config, option)
+        if self.echo is not None:
+            self.listener.echo = self.echo
+            if played is not None:
+                self.listener.played = played
+            else:
+                self.speaker.echo = self.echo
+        self.recorder: CallRecorder | None = None
+        self.recording: Recording | None = None  # where the recording went, once closed
+        self.start_recording(option.recorder)
+
+    def start_recording(self, option: RecorderOption | None) -> None:
+        """Record both sides from now on (the call's option, or SIP's `ringing`/`accept`).
+        A bad file name or format is the agent's error (ProtocolError)."""
+        if self.recorder is not None or option is None or not option.recorder_file:
+            return
+        with bind_call(self.call_id):
+            self.recorder = open_recorder(self.config.recordings_dir, option, self.call_id)
+        if self.recorder is not None:
+            self.listener.tap = self.recorder.heard
+            self.speaker.tap = self.recorder.sent
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -48,6 +86,15 @@ class MediaSession:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         self.listener.close()
+        if self.recorder is not None:
+            self.listener.tap = self.speaker.tap = None
+            with bind_call(self.call_id):
+                try:
+                    self.recording = await self.recorder.close()
+                    log.info("recording written", extra={"file": self.recording.path,
+                                                         "duration_ms": self.recording.duration_ms})
+                except OSError as exc:  # a full disk must not fail the hangup
+                    log.warning("recording failed", extra={"error": repr(exc), "file": str(self.recorder.path)})
 
     # -- the caller ------------------------------------------------------------------
 

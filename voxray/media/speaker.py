@@ -24,16 +24,18 @@ from voxray.logs import bind_call, get_logger
 from voxray.media.audio_source import AudioSourcePolicy, load_audio
 from voxray.media.codecs import Codec, make_codec
 from voxray.media.config import MediaConfig, MediaSink, fallback_metrics
+from voxray.media.echo import EchoCanceller
 from voxray.media.messages import CallCredentials, TtsRequest
 from voxray.media.mixer import LoopedAudio
 from voxray.media.playout import Playout, Track
 from voxray.media.resample import resample
 from voxray.media.services import ModelServices
 from voxray.media.text_chunker import TextChunker, split_first_clause
+from voxray.media.tts_cache import TtsCache, cache_key, shared_cache
 from voxray.protocol import events as ev
 from voxray.protocol.commands import Background, Play, Tts
 from voxray.protocol.errors import ProtocolError
-from voxray.protocol.options import CallOption
+from voxray.protocol.options import CallOption, SynthesisOption
 
 log = get_logger("voxray.media")
 
@@ -87,7 +89,10 @@ class Speaker:
         self._ssrc = random.getrandbits(32)
         self._tasks: list[asyncio.Task] = []
         self.play_policy = AudioSourcePolicy.of(config)
+        self.tts_cache: TtsCache | None = shared_cache(config.tts_cache_mb)
         self.muted = False
+        self.tap: Callable[[np.ndarray, int], None] | None = None  # sees each frame sent (recording)
+        self.echo: EchoCanceller | None = None  # fed here when the transport does not say when it played
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -146,13 +151,34 @@ class Speaker:
                 return
         await self._prepare_track(cmd.play_id)
         track = self._new_track(cmd.play_id, cmd.auto_hangup, cmd.wait_input_timeout)
+        key = None if cmd.streaming else self._cache_key(cmd)
+        cached = self.tts_cache.get(key) if key and self.tts_cache is not None else None
+        if cached is not None:
+            track.text = cmd.text
+            self._enqueue_ready(track, cached.pcm)
+            await self.sink.emit(ev.Metrics(key=f"completed.tts.{cached.provider}", duration=0,
+                                            data={"playId": track.play_id, "cached": True,
+                                                  "length": int(cached.pcm.nbytes)}))
+            return
         feed = TrackFeed(track, streaming=cmd.streaming, first_clause=self.config.tts_first_clause)
         feed.push(cmd.text)
         if not cmd.streaming or cmd.end_of_stream:
             feed.close()
         self.playout.enqueue(track)
         self._feeds[id(track)] = feed
-        feed.task = asyncio.create_task(self._speak(feed, cmd), name=f"tts-{track.play_id}")
+        feed.task = asyncio.create_task(self._speak(feed, cmd, key), name=f"tts-{track.play_id}")
+
+    def _synthesis_option(self, cmd: Tts) -> SynthesisOption | None:
+        return cmd.option or self.option.tts
+
+    def _cache_key(self, cmd: Tts) -> str | None:
+        opt = self._synthesis_option(cmd)
+        agent_key = cmd.cache_key or (opt.cache_key if opt else None)
+        if not agent_key:
+            return None
+        req = self._tts_request("", cmd)
+        return cache_key(agent_key, provider=req.provider, speaker=req.speaker, speed=req.speed,
+                         sample_rate=req.sample_rate, volume=opt.volume if opt else 5)
 
     async def play(self, cmd: Play) -> None:
         await self._prepare_track(cmd.play_id)
@@ -168,13 +194,18 @@ class Speaker:
             raise ProtocolError("tts base64: text is not valid base64", 422) from None
         if len(raw) % 2:
             raise ProtocolError("tts base64: PCM must hold whole 16-bit samples", 422)
-        await self._prepare_track(cmd.play_id)
-        track = self._new_track(cmd.play_id, cmd.auto_hangup, cmd.wait_input_timeout)
         pcm = np.frombuffer(raw, dtype="<i2").astype(np.int16)
-        self._enqueue_ready(track, resample(pcm, 16000, self.codec.sample_rate))
+        await self.play_pcm(pcm, 16000, cmd.play_id, cmd.auto_hangup, cmd.wait_input_timeout)
+
+    async def play_pcm(self, pcm: np.ndarray, rate: int, play_id: str | None = None, auto_hangup: bool = False,
+                       wait_input_timeout: float | None = None) -> None:
+        """Decoded audio as a track (the agent's own PCM, SIP's ringtone)."""
+        await self._prepare_track(play_id)
+        track = self._new_track(play_id, auto_hangup, wait_input_timeout)
+        self._enqueue_ready(track, resample(pcm, rate, self.codec.sample_rate))
 
     def _tts_request(self, piece: str, cmd: Tts) -> TtsRequest:
-        opt = cmd.option or self.option.tts
+        opt = self._synthesis_option(cmd)
         return TtsRequest(
             call_id=self.call_id, text=piece, sample_rate=self.codec.sample_rate,
             speed=opt.speed if opt else 1.0,
@@ -184,13 +215,24 @@ class Speaker:
                                   model=(opt.extra or {}).get("model")) if opt else None,
         )
 
-    async def _speak(self, feed: TrackFeed, cmd: Tts) -> None:
+    async def _speak(self, feed: TrackFeed, cmd: Tts, key: str | None = None) -> None:
         track = feed.track
         first = True
+        opt = self._synthesis_option(cmd)
+        gain = (opt.volume if opt else 5) / 5
+        kept: list[np.ndarray] | None = [] if key and self.tts_cache is not None else None
+        provider = None
         try:
             while True:
                 piece = await feed.pieces.get()
                 if piece is None:
+                    if kept and provider and not track.failed:
+                        self.tts_cache.put(key, np.concatenate(kept), provider)
+                    if provider is not None:
+                        await self.sink.emit(ev.Metrics(
+                            key=f"completed.tts.{provider}",
+                            duration=int((time.perf_counter() - feed.created) * 1000),
+                            data={"playId": track.play_id, "cached": False, "length": track.fed * 2}))
                     return
                 try:
                     async for audio in self.services.synthesize(self._tts_request(piece, cmd)):
@@ -204,7 +246,13 @@ class Speaker:
                                 duration=int((time.perf_counter() - feed.created) * 1000),
                                 data={"playId": track.play_id, "streaming": feed.streaming},
                             ))
-                        track.feed(np.frombuffer(audio.pcm, dtype="<i2").astype(np.int16))
+                        provider = audio.provider
+                        pcm = np.frombuffer(audio.pcm, dtype="<i2").astype(np.int16)
+                        if gain != 1.0:  # SynthesisOption.volume: 5 is the voice as synthesized
+                            pcm = np.clip(np.rint(pcm * np.float32(gain)), -32768, 32767).astype(np.int16)
+                        if kept is not None:
+                            kept.append(pcm)
+                        track.feed(pcm)
                         self._audio_ready.set()
                 except asyncio.CancelledError:
                     raise
@@ -313,6 +361,10 @@ class Speaker:
                 mixed = bg if frame is None else frame.astype(np.float32) + bg
                 frame = np.clip(np.rint(mixed), -32768, 32767).astype(np.int16)
             if not self.muted:
+                if self.tap is not None:  # the call's recorder
+                    self.tap(frame, self.codec.sample_rate)
+                if self.echo is not None:  # the echo canceller's reference: sent now
+                    self.echo.far_end(frame, sample_rate=self.codec.sample_rate)
                 await self.sink.send_audio(self.codec.encode(frame))
             # Absolute schedule: frames leave every ptime without drift.
             now = time.monotonic()

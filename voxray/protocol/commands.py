@@ -61,6 +61,8 @@ class Tts(WireModel):
     wait_input_timeout: float | None = Field(None, ge=0, description="seconds, or milliseconds when over 60")
     option: SynthesisOption | None = None
     base64: bool = False
+    # active-call's code takes it on the command, its docs in `option`: both work.
+    cache_key: str | None = Field(None, max_length=256)
 
     @field_validator("wait_input_timeout")
     @classmethod

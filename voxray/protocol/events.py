@@ -171,6 +171,20 @@ class Binary(EventBase):
     data: list[int]
 
 
+class Inactivity(EventBase):
+    """No media from the caller for `option.inactivityTimeout` seconds; the hangup follows."""
+
+    event: Literal["inactivity"] = "inactivity"
+
+
+class Ping(EventBase):
+    """Keep-alive every `?ping=` seconds (active-call's default 20; 0: none); `payload` is the
+    server's time (RFC 3339). An agent that never hears one knows the socket is dead."""
+
+    event: Literal["ping"] = "ping"
+    payload: str | None = None
+
+
 class Other(EventBase):
     event: Literal["other"] = "other"
     sender: str | None = None
@@ -181,7 +195,7 @@ Event = Annotated[
     Union[
         Incoming, Answer, RejectEvent, RingingEvent, HangupEvent, Speaking, Silence, Eou,
         AsrDelta, AsrFinal, TrackStart, TrackEnd, Interruption, Dtmf, Metrics, Error,
-        AddHistory, AnswerMachineDetection, Binary, Other,
+        AddHistory, AnswerMachineDetection, Binary, Inactivity, Ping, Other,
     ],
     Field(discriminator="event"),
 ]
@@ -197,7 +211,7 @@ def for_strict_clients(event: EventBase, track_id: str = "") -> EventBase:
     event, and `other.extra` must map strings to strings. Empty values where voxray has
     none (an `answer` on /call carries no SDP); `trackId` is the call's id unless set."""
     fill: dict[str, Any] = {}
-    if event.track_id is None and not isinstance(event, (Metrics, AddHistory)):
+    if event.track_id is None and not isinstance(event, (Metrics, AddHistory, Ping)):
         fill["track_id"] = track_id
     if isinstance(event, (Answer, Incoming)) and event.sdp is None:
         fill["sdp"] = ""

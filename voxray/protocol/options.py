@@ -8,13 +8,18 @@ from pydantic import Field
 
 from voxray.protocol.base import WireModel
 
-CodecName = Literal["pcm", "pcmu", "pcma", "g722"]
+CodecName = Literal["pcm", "pcmu", "pcma", "g722", "opus"]
 
 
 class RecorderOption(WireModel):
-    recorder_file: str | None = None
-    samplerate: int = 16000
+    recorder_file: str | None = Field(None, description="a file inside the server's recordings folder "
+                                      "(media.recordings_dir); {id} is the call id; .wav is added")
+    samplerate: int = Field(16000, ge=8000, le=48000)
     ptime: int = 200
+    format: str | None = Field(None, description="wav (16-bit PCM, the default), pcm (the same), pcmu or pcma "
+                               "(G.711 in the WAV); g722: refused (501)")
+    # ext: caller on the left, the agent on the right (active-call's two tracks); false: one mono mix.
+    stereo: bool = True
 
 
 class TranscriptionOption(WireModel):
@@ -59,7 +64,7 @@ class SynthesisOption(WireModel):
     provider: str | None = None
     samplerate: int | None = None
     speed: float = Field(1.0, gt=0.1, le=4.0)
-    volume: int = Field(5, ge=1, le=10)
+    volume: int = Field(5, ge=0, le=10, description="loudness 0-10, 5 as synthesized (gain volume/5)")
     speaker: str | None = None
     codec: str | None = None
     subtitle: bool | None = None
@@ -70,7 +75,8 @@ class SynthesisOption(WireModel):
     endpoint: str | None = None
     extra: dict[str, Any] | None = None
     max_concurrent_tasks: int | None = None
-    cache_key: str | None = None
+    cache_key: str | None = Field(None, max_length=256, description="keep this text's audio under this key; "
+                                  "the same key (same voice, speed, volume) replays it without synthesis")
 
 
 class EouOption(WireModel):
@@ -137,4 +143,6 @@ class CallOption(WireModel):
     extra: dict[str, Any] | None = None
     # ext
     barge_in: BargeInOption = Field(default_factory=BargeInOption)
+    echo_cancel: bool | None = Field(None, description="cancel the agent's own voice in the caller's audio "
+                                     "(default: the server's media.echo_cancel)")
     answer_machine_detection: bool = False
