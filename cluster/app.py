@@ -6,6 +6,7 @@ from __future__ import annotations
 from ray.serve import Application
 
 from voxray.cluster.autoscaling import deployment_options
+from voxray.cluster.llm_agent import bind_agent
 from voxray.cluster.placement import UaNodeDirectory
 from voxray.config import VoxrayConfig
 from voxray.deployments.asr import AsrDeployment
@@ -22,6 +23,8 @@ def build_app(config: VoxrayConfig) -> Application:
     asr = AsrDeployment.options(**opts["asr"]).bind(providers, config.models.model_dump())
     tts = TtsDeployment.options(**opts["tts"]).bind(providers, config.models.piper_voice, config.models.piper_device)
     registry = CallRegistry.bind(config.security.cdr_path)
+    # The in-cluster LLM agent ([agent] enabled): the ingress's POST /agent/webhook hands it calls.
+    agent = bind_agent(config)
     return Ingress.options(**opts["ingress"]).bind(
         vad, asr, tts, registry, config.media_dict(), config.transports.model_dump(),
         config.serve.app_name,
@@ -29,4 +32,5 @@ def build_app(config: VoxrayConfig) -> Application:
         config.security.model_copy(update={"api_tokens": config.security.tokens(), "api_token_env": ""}).model_dump(),
         config.admission.model_dump(),
         UaNodeDirectory(),
+        **({"agent": agent} if agent is not None else {}),
     )

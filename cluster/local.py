@@ -77,7 +77,7 @@ def _wanted(config: VoxrayConfig) -> dict[str, int]:
     """The replicas the config asks for at start, by Serve deployment name."""
     return {"Ingress": config.ingress.min_replicas, "VadDeployment": config.vad.min_replicas,
             "AsrDeployment": config.asr.min_replicas, "TtsDeployment": config.tts.min_replicas,
-            "CallRegistry": 1}
+            "CallRegistry": 1, "LlmAgentDeployment": config.agent.scaling.min_replicas}
 
 
 def _progress(config: VoxrayConfig, seen: dict[str, str], log, elapsed: float) -> list[DeploymentProgress]:

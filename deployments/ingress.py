@@ -68,9 +68,14 @@ class Ingress:
     def __init__(self, vad, asr, tts, registry, media: dict | None = None,
                  transports: dict | None = None, app_name: str = "voxray",
                  security: dict | None = None, admission: dict | None = None,
-                 ua_nodes: UaNodes | None = None) -> None:
+                 ua_nodes: UaNodes | None = None, agent=None) -> None:
         enable_fault_dumps()
         self.ua_nodes = ua_nodes
+        self.agent = None  # the in-cluster LLM agent's handle, when deployed ([agent] enabled)
+        if agent is not None:
+            from voxray.deployments.llm_agent import AgentDispatch
+
+            self.agent = AgentDispatch(agent)
         sec = SecuritySettings.model_validate(security or {})
         self.admission_dict = admission or {}
         # This replica's own gate, fed by its /call sessions' ASR answer times; SIP and
@@ -288,6 +293,23 @@ class Ingress:
             if worker is not None:
                 return worker
         return None
+
+    @api.post("/agent/webhook")
+    async def agent_webhook(self, request: Request) -> dict:
+        """An inbound SIP call for the in-cluster LLM agent (deployments/llm_agent.py): the UA
+        node's webhook body; answered at once, the agent connects /call/sip?id= and accepts."""
+        self._authorize(request)
+        if self.agent is None:
+            raise HTTPException(status_code=404, detail="no LLM agent in this app ([agent] enabled = false)")
+        from voxray.deployments.llm_agent import WebhookError, parse_webhook
+
+        try:
+            payload = parse_webhook(await request.body())
+            if await self._worker_holding(payload["call_id"]) is None:
+                raise WebhookError(f"no inbound call '{payload['call_id']}' is waiting for an agent", 404)
+            return {"id": self.agent.take(payload), "agent": "llm"}
+        except WebhookError as exc:
+            raise HTTPException(status_code=exc.status, detail=str(exc)) from None
 
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi(self, request: Request) -> dict:

@@ -438,9 +438,14 @@ async def test_register_to_kamailio_inbound_through_proxy_and_refer_with_moh(
     client = await _agent(voxray_server, hook["call_id"])
     try:
         await client.wait_for("incoming", timeout=15)
-        await client.send({"command": "ringing"})
+        # A ringtone is early media: 183 with SDP, the tone played until the call is accepted.
+        tone = str(speech_alaw.with_name("speech16k.wav"))
+        await client.send({"command": "ringing", "ringtone": tone})
+        await client.wait_for("trackStart", timeout=15, playId="ringtone")
+        await asyncio.sleep(0.5)
         await client.send({"command": "accept", "option": {}})
         await client.wait_for("answer", timeout=15)
+        await client.wait_for("trackEnd", timeout=5, playId="ringtone")  # accept stopped it
         n = len(client.events)
         await client.send({"command": "refer", "callee": "sip:transfer-target@127.0.0.1",
                            "options": {"moh": str(speech_alaw.with_name("speech16k.wav"))}})
@@ -462,7 +467,9 @@ async def test_register_to_kamailio_inbound_through_proxy_and_refer_with_moh(
         await client.close()
     log = kamailio.text()
     assert "VOXRAY-INDIALOG REFER" in log, log[-3000:]  # the REFER went through the proxy
-    assert re.search(r"Refer-To: <?sip:transfer-target@127\.0\.0\.1", sipp_messages(scenario, sip_workdir))
+    messages = sipp_messages(scenario, sip_workdir)
+    assert re.search(r"Refer-To: <?sip:transfer-target@127\.0\.0\.1", messages)
+    assert re.search(r"SIP/2\.0 183 .*?m=audio", messages, re.S), "no 183 with SDP for the ringtone"
 
 
 async def test_rule_routes_g722_call_and_rtp_timeout_hangs_up(voxray_server, webhook, sip_workdir, peers):

@@ -101,3 +101,10 @@ def test_the_invite_headers_for_the_webhook_are_its_header_lines():
 
     msg = "INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP x\r\nCall-ID: 1\r\nContent-Length: 3\r\n\r\nv=0"
     assert sip_headers(msg) == ["Via: SIP/2.0/UDP x", "Call-ID: 1", "Content-Length: 3"]
+
+
+def test_webhook_urls_are_logged_without_their_tokens():
+    from voxray.ua_node.sip.routing import redacted
+
+    assert redacted("http://127.0.0.1:8000/agent/webhook?token=s3cret") == "http://127.0.0.1:8000/agent/webhook?token=***"
+    assert "s3cret" not in redacted("https://h/x?a=1&token=s3cret") and redacted("http://h/x") == "http://h/x"

@@ -189,3 +189,31 @@ async def test_play_reads_only_from_allowed_folders(tmp_path):
         await speaker.play(Play(url=_wav(other / "no.wav", tone(100))))
     assert refused.value.code == 403
     await stop(speaker)
+
+
+async def test_ducking_glides_with_a_transition(tmp_path):
+    """active-call's ambiance transitionSpeed: the level moves by `transition` per 20 ms frame."""
+    speaker, sink, _, caller = make(MediaConfig(play_dirs=(str(tmp_path),)))
+    clip = _wav(tmp_path / "bg.wav", np.full(1600, 10000, np.int16))
+    await speaker.background(Background(url=clip, volume=0.5, duck=0.2, transition=0.1))
+    await asyncio.sleep(0.2)
+    caller.speaking = True
+    n = len(sink.frames)
+    await asyncio.sleep(0.2)
+    levels = [int(np.frombuffer(f, "<i2")[-1]) for f in sink.frames[n:n + 6]]
+    # 5000 -> 1000 in steps of 1000 (0.1 x 10000): gradual, never a jump.
+    assert levels[:4] == [4000, 3000, 2000, 1000] or levels[1:5] == [4000, 3000, 2000, 1000], levels
+    await stop(speaker)
+
+
+async def test_a_clip_without_play_id_is_known_by_its_url_and_replaced_by_another(tmp_path):
+    speaker, sink, _, _ = make(MediaConfig(play_dirs=(str(tmp_path),)))
+    first = _wav(tmp_path / "a.wav", tone(2000))
+    await speaker.play(Play(url=first))
+    await sink.wait("trackStart")
+    await speaker.play(Play(url=_wav(tmp_path / "b.wav", tone(100))))
+    await sink.wait("trackEnd", count=2)
+    starts = [e.play_id for e in sink.of("trackStart")]
+    assert starts[0] == first and starts[1].endswith("b.wav")
+    assert sink.of("interruption")[0].play_id == first  # the new clip cut the first one
+    await stop(speaker)

@@ -149,12 +149,14 @@ class AgentSettings(BaseModel):
     api_key_env: str | None = Field(None, description="environment variable (where deployed) with the API key")
     server_url: str | None = Field(None, description="ws://host:port[/prefix] the agent connects to for "
                                    "/call/sip; default: this app through the Serve proxy of its own node")
-    call_timeout_s: float | None = Field(3600.0, gt=0, description="hang up a call held longer than this")
+    call_timeout_s: float | None = Field(1800.0, gt=0, description="the agent hangs up a call held longer "
+                                         "(keep it below scaling.graceful_shutdown_timeout_s)")
     summary: bool = Field(True, description="file a post-call summary on the call record")
     # One held request per call: max_ongoing_requests bounds the calls of a replica and
-    # autoscaling aims at target_ongoing_requests calls per replica.
+    # autoscaling aims at target_ongoing_requests calls per replica. A replica being stopped
+    # lets its calls run for graceful_shutdown_timeout_s: above call_timeout_s, none is cut.
     scaling: Scaling = Field(default_factory=lambda: Scaling(
-        target_ongoing_requests=8, max_ongoing_requests=16, graceful_shutdown_timeout_s=300))
+        target_ongoing_requests=8, max_ongoing_requests=16, graceful_shutdown_timeout_s=1860))
 
 
 class VoxrayConfig(BaseModel):

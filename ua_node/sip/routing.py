@@ -53,14 +53,24 @@ def validate_rules(rules: list[SipRule]) -> None:
                 re.compile(pattern)
 
 
+def redacted(url: str) -> str:
+    """The URL for logs: query values that may be credentials (`?token=`) hidden."""
+    u = httpx.URL(url)
+    if not u.query:
+        return url
+    return str(u.copy_with(query=None)) + "?" + "&".join(f"{k}=***" for k, _ in u.params.multi_items())
+
+
 async def notify(client: httpx.AsyncClient, url: str, payload: dict, timeout_s: float) -> bool:
     """POST the call to the agent's webhook; True when it answered 2xx."""
     try:
         r = await client.post(url, json=payload, timeout=timeout_s)
     except httpx.HTTPError as exc:
-        log.warning("webhook failed", extra={"url": url, "error": repr(exc)})
+        # httpx names the URL in some errors: redacted there too, it may hold a token.
+        why = f"{type(exc).__name__}: {str(exc).replace(url, redacted(url))}"
+        log.warning("webhook failed", extra={"url": redacted(url), "error": why})
         return False
     if r.status_code >= 300:
-        log.warning("webhook refused", extra={"url": url, "status": r.status_code})
+        log.warning("webhook refused", extra={"url": redacted(url), "status": r.status_code})
         return False
     return True

@@ -18,6 +18,8 @@ from voxray.media.services import ModelServices
 from voxray.media.speaker import Speaker
 from voxray.media.vad_segmenter import VadSegmenter
 from voxray.protocol.commands import Background, Play, Tts
+from voxray.protocol import events as ev
+from voxray.protocol.errors import ProtocolError
 from voxray.protocol.options import CallOption, RecorderOption
 
 __all__ = ["MediaSession"]
@@ -49,6 +51,7 @@ class MediaSession:
                                  on_barge_in=lambda: self.speaker.interrupt(graceful=False),
                                  on_speech=self.speaker.cancel_wait_input)
         self.closed = False
+        self._ambiance: asyncio.Task | None = None
         self.echo = echo_canceller(self.config, option)
         if self.echo is not None:
             self.listener.echo = self.echo
@@ -76,12 +79,29 @@ class MediaSession:
     def start(self) -> None:
         self.listener.start()
         self.speaker.start()
+        amb = self.option.ambiance
+        if amb is not None and amb.enabled and amb.path:
+            # active-call's ambiance is voxray's background music, started with the call.
+            cmd = Background(url=amb.path, volume=amb.normal_level, transition=amb.transition_speed,
+                             duck=min(1.0, amb.duck_level / amb.normal_level) if amb.normal_level else 0.0)
+            self._ambiance = asyncio.get_running_loop().create_task(self._start_ambiance(cmd))
+
+    async def _start_ambiance(self, cmd: Background) -> None:
+        try:
+            await self.speaker.background(cmd)
+        except Exception as exc:  # a bad path is the agent's error; the call goes on without it
+            with bind_call(self.call_id):
+                log.warning("ambiance not started", extra={"error": repr(exc)})
+            code = exc.code if isinstance(exc, ProtocolError) else 400
+            await self.speaker.sink.emit(ev.Error(sender="media", code=code,
+                                                  error=f"option.ambiance.path: {getattr(exc, 'message', exc)}"))
 
     async def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        pending = self.listener.pending_tasks() + self.speaker.pending_tasks()
+        pending = self.listener.pending_tasks() + self.speaker.pending_tasks() + (
+            [self._ambiance] if self._ambiance is not None else [])
         for t in pending:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

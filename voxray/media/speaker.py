@@ -86,6 +86,7 @@ class Speaker:
         self._wait_input: asyncio.Task | None = None
         self._bg: LoopedAudio | None = None  # background music at the codec rate
         self._bg_cmd: Background | None = None
+        self._bg_level: float | None = None  # the music's gain now (it glides with `transition`)
         self._ssrc = random.getrandbits(32)
         self._tasks: list[asyncio.Task] = []
         self.play_policy = AudioSourcePolicy.of(config)
@@ -181,8 +182,10 @@ class Speaker:
                          sample_rate=req.sample_rate, volume=opt.volume if opt else 5)
 
     async def play(self, cmd: Play) -> None:
-        await self._prepare_track(cmd.play_id)
-        track = self._new_track(cmd.play_id, cmd.auto_hangup, cmd.wait_input_timeout)
+        # active-call: a clip without a playId is known by its URL, so another clip replaces it.
+        play_id = cmd.play_id or cmd.url
+        await self._prepare_track(play_id)
+        track = self._new_track(play_id, cmd.auto_hangup, cmd.wait_input_timeout)
         # Load before queueing so a bad URL is an error for the command, not a silent track.
         self._enqueue_ready(track, await load_audio(cmd.url, self.codec.sample_rate, self.play_policy))
 
@@ -291,7 +294,7 @@ class Speaker:
             self._bg, self._bg_cmd = None, None
             return
         pcm = await load_audio(cmd.url, self.codec.sample_rate, self.play_policy)
-        self._bg, self._bg_cmd = LoopedAudio(pcm, loop=cmd.loop), cmd
+        self._bg, self._bg_cmd, self._bg_level = LoopedAudio(pcm, loop=cmd.loop), cmd, None
         self._audio_ready.set()
 
     def pause(self) -> None:
@@ -323,7 +326,14 @@ class Speaker:
         bg, cmd = self._bg, self._bg_cmd
         if bg is None or cmd is None:
             return None
-        frame = bg.take(n, cmd.volume * (cmd.duck if ducked else 1.0))
+        target = cmd.volume * (cmd.duck if ducked else 1.0)
+        if cmd.transition is None or self._bg_level is None:
+            self._bg_level = target
+        else:  # glide toward the new level, one step per frame
+            step = cmd.transition
+            self._bg_level = min(target, self._bg_level + step) if self._bg_level < target \
+                else max(target, self._bg_level - step)
+        frame = bg.take(n, self._bg_level)
         if frame is None:  # a clip that does not loop is over
             self._bg, self._bg_cmd = None, None
         return frame

@@ -127,6 +127,9 @@ class Background(WireModel):
     volume: float = Field(0.3, ge=0.0, le=1.0)
     duck: float = Field(0.25, ge=0.0, le=1.0, description="gain factor while speech plays")
     loop: bool = True
+    transition: float | None = Field(None, gt=0.0, le=1.0, description="level change per 20 ms frame "
+                                     "when ducking starts or ends (active-call's ambiance transitionSpeed); "
+                                     "None: at once")
 
 
 class History(WireModel):

@@ -123,6 +123,17 @@ class BargeInOption(WireModel):
     echo_guard: float = Field(0.1, ge=0.0, le=0.5, description="extra VAD margin while we speak (echo)")
 
 
+class AmbianceOption(WireModel):
+    """active-call's ambiance: a looped sound under the whole call, quieter while the agent
+    speaks (voxray's `background`, started with the call)."""
+
+    path: str | None = Field(None, description="a file in media.play_dirs or an allowed URL")
+    duck_level: float = Field(0.1, ge=0.0, le=1.0)
+    normal_level: float = Field(0.3, ge=0.0, le=1.0)
+    transition_speed: float = Field(0.01, gt=0.0, le=1.0, description="level change per 20 ms frame")
+    enabled: bool = True
+
+
 class CallOption(WireModel):
     caller: str | None = None
     callee: str | None = None
@@ -141,6 +152,7 @@ class CallOption(WireModel):
     enable_ipv6: bool | None = None
     sip: SipOption | None = None
     extra: dict[str, Any] | None = None
+    ambiance: AmbianceOption | None = None
     # ext
     barge_in: BargeInOption = Field(default_factory=BargeInOption)
     echo_cancel: bool | None = Field(None, description="cancel the agent's own voice in the caller's audio "
