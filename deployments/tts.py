@@ -11,6 +11,7 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 
 from voxray.deployments.routing import FillFirstRouter
+from voxray.deployments.tts_gate import FIRST, LATER, PriorityGate
 from voxray.media.messages import TtsAudio, TtsRequest
 from voxray.faults import enable_fault_dumps
 from voxray.logs import bind_call, get_logger
@@ -50,6 +51,25 @@ async def synthesize_at_rate(chain: TtsChain, req: TtsRequest) -> AsyncIterator[
         first = False
 
 
+async def gated(gate: PriorityGate | None, chain: TtsChain, req: TtsRequest) -> AsyncIterator[TtsAudio]:
+    """`synthesize_at_rate`, each local synthesis step through the replica's gate: the
+    first pieces of tracks first (bench: 8 calls' first clauses p95 ~520 -> ~200 ms)."""
+    provider = chain.providers.get(req.provider or chain.names[0])
+    stream = synthesize_at_rate(chain, req).__aiter__()
+    if gate is None or not getattr(provider, "computes_locally", False):
+        async for audio in stream:
+            yield audio
+        return
+    priority = FIRST if req.first_piece else LATER
+    while True:
+        async with gate.slot(priority):
+            try:
+                audio = await stream.__anext__()
+            except StopAsyncIteration:
+                return
+        yield audio
+
+
 # 0.25 CPU: two replicas (the standby) of each of ASR and TTS fit a 2-core node with the rest.
 # Fill-first routing (deployments/routing.py): the standby waits warm instead of halving the work.
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32,
@@ -57,11 +77,12 @@ async def synthesize_at_rate(chain: TtsChain, req: TtsRequest) -> AsyncIterator[
                                                             request_router_kwargs={"fill": 8}))
 class TtsDeployment:
     def __init__(self, providers: dict | None = None, piper_voice: str | None = None,
-                 piper_device: str = "auto") -> None:
+                 piper_device: str = "auto", slots: int = 1) -> None:
         enable_fault_dumps()
         gpu_ids = ray.get_gpu_ids()  # what num_gpus gave this replica
         self.chain = make_tts_chain(ProvidersConfig.model_validate(providers or {}), piper_voice, piper_device,
                                     gpu_ids)
+        self.gate = PriorityGate(slots) if slots > 0 else None
         log.info("tts providers loaded", extra={"providers": self.chain.names, "gpu_ids": gpu_ids,
                                                 "devices": {n: p.describe() for n, p in self.chain.providers.items()
                                                             if hasattr(p, "describe")}})
@@ -69,5 +90,5 @@ class TtsDeployment:
     async def synthesize(self, req: TtsRequest) -> AsyncIterator[TtsAudio]:
         """Streamed: call through a handle with `.options(stream=True)`."""
         with bind_call(req.call_id):
-            async for audio in synthesize_at_rate(self.chain, req):
+            async for audio in gated(self.gate, self.chain, req):
                 yield audio

@@ -46,6 +46,7 @@ class TtsChunk(BaseModel):
 
 class TtsProvider(ABC):
     name: str
+    computes_locally = False  # its synthesis runs on this replica's cores (not a network call)
 
     @abstractmethod
     def load(self) -> None:

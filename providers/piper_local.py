@@ -23,6 +23,7 @@ CUDA_PROBE = "no CUDAExecutionProvider in onnxruntime.get_available_providers():
 
 class PiperLocal(TtsProvider):
     name = "piper"
+    computes_locally = True
 
     def __init__(self, voice_path: str | None = None, device: str = "auto", gpu_ids: list | None = None) -> None:
         self.voice_path = voice_path or piper_voice_path()

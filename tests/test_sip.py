@@ -67,19 +67,32 @@ class Webhook:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 64  # 16 calls ring at once: their POSTs must not wait on SYN retries
+
+        self.server = Server(("127.0.0.1", port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     async def next(self, path: str = "/hook", timeout: float = 30.0) -> dict:
-        try:
-            return await asyncio.to_thread(self.posts[path].get, True, timeout)
-        except queue.Empty:
-            # Who holds the port, if a POST went elsewhere (the UA workers log each 2xx answer).
-            listeners = subprocess.run(["ss", "-ltnpH", f"sport = :{self.port}"], capture_output=True,
-                                       text=True).stdout.strip()
-            raise AssertionError(f"no webhook POST to {path} within {timeout}s; this server took "
-                                 f"{len(self.handled)} POSTs in all; listening on :{self.port}: {listeners}") from None
+        # Polled from the loop, never a blocking get in a thread: a waiter whose test was
+        # cancelled would live on in its thread and take the next test's POST.
+        q = self.posts.setdefault(path, queue.Queue())
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return q.get_nowait()
+            except queue.Empty:
+                pass
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        # Who holds the port, if a POST went elsewhere (the UA workers log each 2xx answer).
+        listeners = subprocess.run(["ss", "-ltnpH", f"sport = :{self.port}"], capture_output=True,
+                                   text=True).stdout.strip()
+        raise AssertionError(f"no webhook POST to {path} within {timeout}s; this server took "
+                             f"{len(self.handled)} POSTs in all ({self.handled.count(path)} to {path}); "
+                             f"listening on :{self.port}: {listeners}")
 
     def drain(self) -> None:
         for q in self.posts.values():

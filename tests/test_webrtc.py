@@ -61,6 +61,21 @@ async def test_transport_moves_audio_both_ways():
         await peer.close()
 
 
+async def test_handshake_timeout_bounds_the_answer():
+    """active-call's handshakeTimeout (s): an answer that takes longer is a 408, nothing left open."""
+    peer = RtcPeer(_tone(1.0))
+    try:
+        offer = await peer.offer()
+        with pytest.raises(ProtocolError) as err:
+            await open_webrtc("t2", CallOption(offer=offer, handshake_timeout=0.0005), {})
+        assert err.value.code == 408 and "handshakeTimeout" in err.value.message
+        transport, answer = await open_webrtc("t3", CallOption(offer=offer, handshake_timeout=30), {})
+        await transport.close()
+        assert answer.sdp.startswith("v=0")
+    finally:
+        await peer.close()
+
+
 @pytest.mark.parametrize("offer, says", [
     (None, "must hold"), ("  ", "must hold"), ("hello", "is not SDP"), (VIDEO_ONLY_OFFER, "no audio m-line"),
 ])

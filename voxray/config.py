@@ -39,6 +39,9 @@ class ModelsConfig(BaseModel):
     piper_device: Device = Field("auto", description="CUDA needs onnxruntime-gpu in place of onnxruntime "
                                  "and tts.num_gpus > 0; auto: CUDA when both hold, else the CPU")
     silero_vad: str | None = None
+    tts_slots: int = Field(1, ge=0, le=16, description="local syntheses a TTS replica runs at once, tracks' "
+                           "first pieces before later ones (deployments/tts_gate.py); 0: all at once, "
+                           "sharing the cores")
 
 
 class MediaSettings(BaseModel):

@@ -67,6 +67,9 @@ class TtsRequest(BaseModel):
     speaker: str | None = None
     provider: str | None = None
     creds: CallCredentials | None = None
+    # The first piece of a track (what the caller waits for): a replica synthesizes it
+    # before other tracks' later pieces (deployments/tts_gate.py).
+    first_piece: bool = True
 
 
 class TtsAudio(BaseModel):

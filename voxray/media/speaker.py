@@ -238,7 +238,8 @@ class Speaker:
                             data={"playId": track.play_id, "cached": False, "length": track.fed * 2}))
                     return
                 try:
-                    async for audio in self.services.synthesize(self._tts_request(piece, cmd)):
+                    req = self._tts_request(piece, cmd).model_copy(update={"first_piece": first})
+                    async for audio in self.services.synthesize(req):
                         if audio.failures:
                             await self.sink.emit(fallback_metrics("tts", audio.provider, audio.failures))
                         if first:

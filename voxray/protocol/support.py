@@ -30,6 +30,7 @@ UNSUPPORTED: dict[tuple[str, str], str] = {
     ("ReferOption", "denoise"): "refer.options.denoise is not supported (the call's own denoise goes on)",
     ("ReferOption", "timeout"): "refer.options.timeout is not supported: the transferee's NOTIFYs end the refer",
     ("ReferOption", "asr"): "refer.options.asr is not supported",
+    ("ReferOption", "sip"): "refer.options.sip (credentials or headers for the REFER) is not supported",
 }
 # Values that ask for what voxray does: accepted.
 EOU_TYPES = (None, "", "transcript", "silence")
@@ -67,7 +68,7 @@ def _synthesis_problems(t: SynthesisOption, where: str) -> Iterator[tuple[str, s
 
 
 def _refer_problems(r: ReferOption) -> Iterator[tuple[str, str]]:
-    for name, wire in (("denoise", "denoise"), ("timeout", "timeout"), ("asr", "asr")):
+    for name, wire in (("denoise", "denoise"), ("timeout", "timeout"), ("asr", "asr"), ("sip", "sip")):
         if getattr(r, name) is not None:
             yield f"refer.options.{wire}", UNSUPPORTED[("ReferOption", name)]
 
