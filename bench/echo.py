@@ -260,6 +260,26 @@ def speech_over_echo(far: np.ndarray, delay_ms: int, path: str, caller_db: float
     return out
 
 
+CLEAN_AT_S = (1.0, 2.5, 4.0, 6.0)  # where the caller starts over our audio on a line without echo
+
+
+def clean_line(far: np.ndarray, at_s: float) -> dict:
+    """The caller talking over our audio on a line that does not echo: what the canceller
+    costs them (their level through it, and how much later barge-in fires)."""
+    caller = place(caller_speech(), at_s, far.size)
+    near = mix(caller, line_noise(far.size))
+    cleaned = run_canceller(far, near)[0]
+    start, end = speech_span(far)
+    c_on = at_s * 1000
+    span = slice(int(at_s * SR), int(at_s * SR) + caller_speech().size)
+    level = erle_db(near, cleaned, span)  # dB the caller lost
+
+    def fired(pcm: np.ndarray, rule: BargeRule) -> float | None:
+        got = rule.fires(vad_probs(pcm), start, end)
+        return got[0] - c_on if got else None
+    return {"lost_db": level, "aec": fired(cleaned, VARIANTS["aec"]), "guard": fired(near, VARIANTS["guard"])}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one delay only")
@@ -296,6 +316,15 @@ def main() -> None:
         print(f"{path:<12}{d:>4}ms  {fired('aec'):>8}{fired('guard'):>8}{fired('none'):>8}"
               f"   {r['aec']['wer']:>6.2f}{r['guard']['wer']:>6.2f}{r['none']['wer']:>6.2f}"
               f"   {r['aec']['text']!r} / {r['guard']['text']!r}")
+    print()
+    print()
+    print("CLEAN LINE (no echo): the caller talks over our audio   barge-in ms after their first word")
+    print(f"{'caller at':<12}{'lost dB':>8}   {'aec':>6}{'guard':>7}")
+    for at in CLEAN_AT_S:
+        r = clean_line(far, at)
+        def ms(v: float | None) -> str:
+            return "-" if v is None else f"{v:.0f}"
+        print(f"{at:>8.1f} s  {r['lost_db']:>8.1f}   {ms(r['aec']):>6}{ms(r['guard']):>7}")
     print()
     print("first barge-in < 0: our own echo cut the agent off before the caller said a word (the caller then")
     print("speaks into silence, hence the clean WER). aec: the caller's first word can be clipped or misheard")

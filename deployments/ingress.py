@@ -88,8 +88,7 @@ class Ingress:
         self.dump_dir = sec.dump_dir
         self.media_config_dict = media or {}
         self.media_config = MediaConfig(**self.media_config_dict)
-        if self.media_config.echo_cancel:
-            preload_echo()  # not inside the first call that plays audio
+        preload_echo()  # calls may turn echo cancellation on: not a 0.3 s import inside the first one
         local_vad = InProcessVad(self.media_config.vad_model) if self.media_config.vad_in_process else None
         self.services = ServeModelServices(vad, asr, tts, on_asr_time=self.admission.observe_asr,
                                            vad_window_s=self.media_config.vad_batch_window_ms / 1000,

@@ -107,7 +107,7 @@ async def _speak_with_echo(server: str, speech: np.ndarray | None = None, **opti
 
 
 async def test_our_own_echo_neither_barges_in_nor_is_transcribed(voxray_server):
-    client, _ = await _speak_with_echo(voxray_server)
+    client, _ = await _speak_with_echo(voxray_server, echoCancel=True)
     try:
         heard = [n for n in client.names() if n in ("interruption", "asrFinal", "asrDelta")]
         assert heard == [], f"the agent heard itself: {heard}"
@@ -118,8 +118,8 @@ async def test_our_own_echo_neither_barges_in_nor_is_transcribed(voxray_server):
 
 
 async def test_without_the_canceller_the_echo_cuts_the_agent_off(voxray_server):
-    """The control: the same line with echoCancel off (today's VAD margin only)."""
-    client, _ = await _speak_with_echo(voxray_server, echoCancel=False)
+    """The control: the same line with echoCancel off (the default: the VAD margin only)."""
+    client, _ = await _speak_with_echo(voxray_server)
     try:
         assert "interruption" in client.names(), client.names()
     finally:
@@ -127,7 +127,7 @@ async def test_without_the_canceller_the_echo_cuts_the_agent_off(voxray_server):
 
 
 async def test_the_caller_speaking_over_the_echo_barges_in_and_is_heard(voxray_server, speech16k):
-    client, phone = await _speak_with_echo(voxray_server, speech16k)
+    client, phone = await _speak_with_echo(voxray_server, speech16k, echoCancel=True)
     try:
         cut = next(e for e in client.events if e["event"] == "interruption")
         assert phone.speech_started is not None

@@ -35,10 +35,9 @@ class UaWorker:
 
         self.role, self.index = role, index
         media_config = MediaConfig(**(media or {}))
-        if media_config.echo_cancel:
-            from voxray.media.echo import preload
+        from voxray.media.echo import preload
 
-            preload()
+        preload()  # an agent may turn echo cancellation on for its call: not a 0.3 s stall then
         gate = Admission(AdmissionSettings.model_validate(admission or {}),
                          on_limit=lambda v: metrics.set_gauge("admission_limit", v, where=f"ua_{role}{index}"))
         # The calls' audio is in this process: VAD runs here too, batched over its calls

@@ -67,9 +67,10 @@ class MediaSettings(BaseModel):
     eou_incomplete_ms: int = Field(1200, ge=96, le=10_000)
     speculative_asr: bool = True
     tts_first_clause: bool = True
-    echo_cancel: bool = Field(True, description="cancel the agent's own voice coming back in the caller's audio "
-                              "(WebRTC's AEC3, referenced by what voxray played) before VAD and ASR; "
-                              "per call: option.echoCancel")
+    echo_cancel: bool = Field(False, description="cancel the agent's own voice coming back in the caller's audio "
+                              "(WebRTC's AEC3, referenced by what voxray played) before VAD and ASR; for lines "
+                              "that echo (speakerphones, some trunks): on a clean line it attenuates a caller "
+                              "talking over the agent (bench/echo.py). Per call: option.echoCancel")
     echo_delay_ms: int = Field(0, ge=0, le=3000, description="expected echo delay for paths longer than the "
                                "canceller's own search (~500 ms)")
     tts_cache_mb: float = Field(64.0, ge=0, le=4096, description="audio of `tts` commands with a cacheKey kept "

@@ -21,7 +21,7 @@ class MediaConfig:
     eou_incomplete_ms: int = 1200  # ... when it stops mid-thought
     speculative_asr: bool = True  # transcribe a pause before the turn ends (its audio is final by then)
     tts_first_clause: bool = True  # `tts` of a whole text: synthesize its first clause alone, first
-    echo_cancel: bool = True  # cancel our own voice in the caller's audio (voxray/media/echo.py)
+    echo_cancel: bool = False  # cancel our own voice in the caller's audio (voxray/media/echo.py): lines with echo
     echo_delay_ms: int = 0  # expected echo delay beyond what the canceller finds itself (~500 ms)
     tts_cache_mb: float = 64.0  # audio of `tts` with a cacheKey, per process (0: no cache)
     recordings_dir: str = "~/.voxray/recordings"  # `recorder.recorderFile` names a file in here
