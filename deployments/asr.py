@@ -44,6 +44,7 @@ def make_asr_chain(providers: ProvidersConfig, models: ModelsConfig | None = Non
             # The models section fills in what a Whisper provider does not set itself.
             spec = spec.model_copy(update={
                 "model_path": spec.model_path or models.whisper_model, "cpu_threads": models.whisper_threads,
+                "workers": models.whisper_workers,
                 "window_bucket_s": spec.window_bucket_s or models.whisper_bucket_s,
                 "min_window_s": spec.min_window_s or models.whisper_min_window_s,
                 "device": spec.device or models.whisper_device,
@@ -76,7 +77,7 @@ class AsrDeployment:
         self.chain = make_asr_chain(ProvidersConfig.model_validate(providers or {}), settings, gpu_ids)
         fifo = settings.whisper_queue == "fifo"
         self.scheduler = AsrScheduler(self._transcribe_many, MAX_BATCH, FIFO_GATHER_S if fifo else GATHER_S,
-                                      prioritize=not fifo)
+                                      prioritize=not fifo, concurrency=settings.whisper_workers)
         log.info("asr providers loaded", extra={"providers": self.chain.names, "gpu_ids": gpu_ids,
                                                 "devices": loaded_devices(self.chain)})
 

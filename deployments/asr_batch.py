@@ -73,11 +73,13 @@ class _Queued:
 class AsrScheduler:
     """One replica's queue for its batchable provider: finals first, stale partials dropped.
 
-    A model call runs at a time (CTranslate2 already uses every core for one); what
-    arrives meanwhile waits and goes together in the next call, up to `max_batch`
-    requests, finals (turn ends, speculations) before partials, and partials one at a time
-    and never with finals: a batch of partials would hold the model as long as a batch of
-    finals while finals arrive. A partial that a newer
+    Up to `concurrency` model calls run at once (the provider's CTranslate2 workers); what
+    arrives while they are busy waits and goes together in the next call, up to
+    `max_batch` requests, finals (turn ends, speculations) before partials, and partials
+    one at a time and never with finals: a batch of partials would hold the model as long
+    as a batch of finals while finals arrive. A second call starts only for finals: turn
+    ends that arrive just after a batch began (many calls ending their turns together)
+    start at once instead of waiting the whole batch out; partials wait for an idle model. A partial that a newer
     request of the same call has superseded, or that waited past `partial_max_wait_s`,
     is answered `skipped` without being decoded: under load the caller's latest audio
     is what matters, a late partial is no news, and the same audio is never decoded
@@ -87,7 +89,7 @@ class AsrScheduler:
 
     def __init__(self, run: Callable[[list[AsrRequest]], Awaitable[list[AsrResult]]],
                  max_batch: int = 8, gather_s: float = 0.002, prioritize: bool = True,
-                 partial_max_wait_s: float = 0.5, max_partials: int = 1) -> None:
+                 partial_max_wait_s: float = 0.5, max_partials: int = 1, concurrency: int = 1) -> None:
         self._run = run
         self.max_batch = max_batch
         self.gather_s = gather_s  # lets requests sent together by many calls share the first call
@@ -98,6 +100,8 @@ class AsrScheduler:
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._worker: asyncio.Task | None = None
+        self.concurrency = concurrency
+        self._running: set[asyncio.Task] = set()
         self.skipped = 0
 
     async def submit(self, req: AsrRequest) -> AsrResult:
@@ -112,8 +116,9 @@ class AsrScheduler:
             if item in self._queue:  # cancelled while waiting: never decode it
                 self._queue.remove(item)
 
-    def take(self) -> list[_Queued]:
-        """The next batch: drop what is stale or cancelled, then finals, then partials, oldest first."""
+    def take(self, finals_only: bool = False) -> list[_Queued]:
+        """The next batch: drop what is stale or cancelled, then finals, then partials, oldest first
+        (finals_only: a model call is running, so partials stay queued)."""
         latest: dict[str, int] = {}
         for q in self._queue:
             latest[q.req.call_id] = max(latest.get(q.req.call_id, -1), q.seq)
@@ -130,6 +135,9 @@ class AsrScheduler:
             keep.append(q)
         keep.sort(key=lambda q: (self.prioritize and q.req.partial, q.seq))
         size = self.max_batch
+        if finals_only and (not keep or keep[0].req.partial):
+            self._queue = keep
+            return []
         if self.prioritize and keep and keep[0].req.partial:
             # Only partials wait: take few, so a turn's end arriving now waits little for the model.
             size = self.max_partials
@@ -144,15 +152,27 @@ class AsrScheduler:
             self._wake.clear()
             if self.gather_s:
                 await asyncio.sleep(self.gather_s)
-            while batch := self.take():
-                try:
-                    results = await self._run([q.req for q in batch])
-                except Exception as exc:  # the batch runner falls back itself; this is a bug
-                    log.exception("asr batch crashed")
-                    for q in batch:
-                        if not q.future.done():
-                            q.future.set_exception(exc)
-                    continue
-                for q, res in zip(batch, results, strict=True):
-                    if not q.future.done():
-                        q.future.set_result(res)
+            while len(self._running) < self.concurrency:
+                batch = self.take(finals_only=bool(self._running))
+                if not batch:
+                    break
+                task = asyncio.create_task(self._run_batch(batch), name="asr-batch")
+                self._running.add(task)
+                task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._wake.set()  # a model worker is free: whatever waited goes now
+
+    async def _run_batch(self, batch: list[_Queued]) -> None:
+        try:
+            results = await self._run([q.req for q in batch])
+        except Exception as exc:  # the batch runner falls back itself; this is a bug
+            log.exception("asr batch crashed")
+            for q in batch:
+                if not q.future.done():
+                    q.future.set_exception(exc)
+            return
+        for q, res in zip(batch, results, strict=True):
+            if not q.future.done():
+                q.future.set_result(res)

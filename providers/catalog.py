@@ -19,6 +19,7 @@ class ProviderSpec(BaseModel):
     voice: str | None = None
     model_path: str | None = None  # local models
     cpu_threads: int = 2
+    workers: int = Field(1, ge=1, le=8, description="local Whisper: batches decoded at once (CTranslate2 workers)")
     # Local models (whisper, piper): where they run (None: the models section's setting).
     device: Device | None = Field(None, description="auto: CUDA when the replica has a GPU, else the CPU")
     compute_type: ComputeType | None = Field(None, description="whisper: CTranslate2 compute type; "
@@ -61,7 +62,8 @@ def _whisper(spec: ProviderSpec) -> AsrProvider:
     windows = {k: v for k, v in (("window_bucket_s", spec.window_bucket_s), ("min_window_s", spec.min_window_s))
                if v is not None}
     placement = {k: v for k, v in (("device", spec.device), ("compute_type", spec.compute_type)) if v is not None}
-    return WhisperLocal(model_path=spec.model_path, cpu_threads=spec.cpu_threads, **windows, **placement)
+    return WhisperLocal(model_path=spec.model_path, cpu_threads=spec.cpu_threads, workers=spec.workers,
+                        **windows, **placement)
 
 
 def _openai_asr(spec: ProviderSpec) -> AsrProvider:

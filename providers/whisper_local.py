@@ -81,7 +81,7 @@ class WhisperLocal(AsrProvider):
     def __init__(self, model_path: str | None = None, compute_type: str = "auto",
                  cpu_threads: int = 2, beam_size: int = 1, window_bucket_s: float = DEFAULT_BUCKET_S,
                  min_window_s: float = DEFAULT_MIN_WINDOW_S, device: str = "auto",
-                 gpu_ids: list | None = None) -> None:
+                 gpu_ids: list | None = None, workers: int = 1) -> None:
         if not 1.0 <= window_bucket_s <= FULL_WINDOW_S or not 1.0 <= min_window_s <= FULL_WINDOW_S:
             raise ValueError(f"whisper windows must be within 1..{FULL_WINDOW_S:.0f} s")
         self.model_path = model_path or whisper_model_path()
@@ -97,9 +97,10 @@ class WhisperLocal(AsrProvider):
         self.min_window_s = min_window_s
         self.redone = 0  # results that failed the repetition/confidence test and went again
         self._model = None
-        # CTranslate2 runs one transcription per worker; queue the rest here rather
-        # than oversubscribing the cores.
-        self._lock = asyncio.Lock()
+        # CTranslate2 runs one transcription per worker; queue the rest here rather than
+        # in its own queue (where a cancelled request would still be decoded).
+        self.workers = workers
+        self._lock = asyncio.Semaphore(workers)
 
     def load(self) -> None:
         import ctranslate2
@@ -110,7 +111,8 @@ class WhisperLocal(AsrProvider):
                                    "ctranslate2.get_cuda_device_count() found none")
         device, compute_type = pick_device(self.requested_device, self.requested_compute_type, cuda, probe=probe)
         try:
-            self._model = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=self.cpu_threads)
+            self._model = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=self.cpu_threads,
+                                       num_workers=self.workers)
         except (RuntimeError, ValueError) as exc:
             # "auto" saw a CUDA device that would not load the model (no cuBLAS, an old
             # driver): the CPU still serves. An explicit "cuda" fails here, loudly.
@@ -119,7 +121,8 @@ class WhisperLocal(AsrProvider):
             log.warning("whisper could not load on cuda, loading on the cpu",
                         extra={"model": path, "compute_type": compute_type, "error": repr(exc)[:300]})
             device, compute_type = pick_device("auto", self.requested_compute_type, 0)
-            self._model = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=self.cpu_threads)
+            self._model = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=self.cpu_threads,
+                                       num_workers=self.workers)
         self.device, self.compute_type = device, compute_type
 
     def describe(self) -> dict:

@@ -192,3 +192,25 @@ async def test_a_partial_that_waited_too_long_is_skipped():
     await asyncio.sleep(0.01)
     late = await asyncio.gather(busy, sched.submit(AsrRequest(call_id="y", pcm=pcm, partial=True)))
     assert late[1].skipped and rec.batches == [["x:f"]]
+
+
+async def test_turn_ends_arriving_during_a_batch_start_their_own_at_once():
+    """With two model workers, finals that arrive while a batch runs do not wait it out;
+    partials wait for an idle model."""
+    rec = Recorder()
+    sched = AsrScheduler(rec.run, gather_s=0.0, concurrency=2)
+    pcm = np.zeros(1600, np.int16).tobytes()
+    t0 = asyncio.get_running_loop().time()
+    first = asyncio.create_task(sched.submit(AsrRequest(call_id="a", pcm=pcm)))
+    await asyncio.sleep(0.01)
+    partial = asyncio.create_task(sched.submit(AsrRequest(call_id="p", pcm=pcm, partial=True)))
+    later = [asyncio.create_task(sched.submit(AsrRequest(call_id=c, pcm=pcm))) for c in ("b", "c")]
+    done_at = []
+    for t in later:
+        await t
+        done_at.append(asyncio.get_running_loop().time() - t0)
+    await asyncio.gather(first, partial)
+    assert rec.batches[:2] == [["a:f"], ["b:f", "c:f"]] and rec.batches[2] == ["p:p"]
+    assert max(done_at) < 0.09  # started at ~10 ms, not after a's 50 ms batch (~110 ms)
+    one = AsrScheduler(Recorder().run, gather_s=0.0)  # one worker: the old queue
+    assert one.concurrency == 1
