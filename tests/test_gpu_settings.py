@@ -171,10 +171,12 @@ class FakeWhisperModel:
     """Stands in for faster_whisper.WhisperModel: records the load, fails where told."""
 
     loads: list[dict] = []
+    workers: list[int] = []
     fail_on: set[str] = set()
 
-    def __init__(self, path, device, compute_type, cpu_threads):
+    def __init__(self, path, device, compute_type, cpu_threads, num_workers=1):
         FakeWhisperModel.loads.append({"path": path, "device": device, "compute_type": compute_type})
+        FakeWhisperModel.workers.append(num_workers)
         if device in FakeWhisperModel.fail_on:
             raise RuntimeError("Library libcublas.so.12 is not found or cannot be loaded")
         self.model = type("Ct2", (), {"compute_type": compute_type, "is_multilingual": False})()
@@ -296,6 +298,7 @@ def test_models_section_and_provider_settings_reach_the_whisper(fake_ct2, ct2_di
     models = ModelsConfig(whisper_model=str(ct2_dir), whisper_compute_type="int8_float16")
     chain = make_asr_chain(ProvidersConfig(), models, gpu_ids=[0])
     assert FakeWhisperModel.loads[-1] == {"path": str(ct2_dir), "device": "cuda", "compute_type": "int8_float16"}
+    assert FakeWhisperModel.workers[-1] == 2  # models.whisper_workers reaches CTranslate2 as its workers
     assert loaded_devices(chain)["whisper"]["device"] == "cuda"
 
     # num_gpus 0 on a GPU node: "auto" is the CPU, and the GPU compute type its default int8.
