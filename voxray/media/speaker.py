@@ -374,8 +374,11 @@ class Speaker:
             if not self.muted:
                 if self.tap is not None:  # the call's recorder
                     self.tap(frame, self.codec.sample_rate)
-                if self.echo is not None:  # the echo canceller's reference: sent now
-                    self.echo.far_end(frame, sample_rate=self.codec.sample_rate)
+                if self.echo is not None:
+                    # The canceller's reference, on the playout clock: the caller plays frames
+                    # in order at their pace, so a frame this loop sent late still sounds on time.
+                    self.echo.far_end(frame, sample_rate=self.codec.sample_rate,
+                                      at=deadline if deadline is not None else time.monotonic())
                 await self.sink.send_audio(self.codec.encode(frame))
             # Absolute schedule: frames leave every ptime without drift.
             now = time.monotonic()
