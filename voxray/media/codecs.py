@@ -65,98 +65,83 @@ class G711(Codec):
         return self._encode(pcm)
 
 
-class G722(Codec):
-    """G.722 through FFmpeg's coder (PyAV ships it). 16 kHz audio, 64 kbit/s.
+class _FFmpegCodec(Codec):
+    """A stateful coder through FFmpeg (PyAV ships it), 16 kHz mono int16 on our side.
+    Each direction of a call keeps state, so every call needs its own instance."""
 
-    The coder is stateful (ADPCM), so each direction of a call needs its own instance.
-    """
+    sample_rate = 16000
+
+    def __init__(self, codec: str, decoder_rate: int, decoder_s16: bool = False, **encoder: object) -> None:
+        import av  # imported lazily: only calls with this codec pay for it
+
+        self._av = av
+        self._dec = av.CodecContext.create(codec, "r")
+        self._dec.sample_rate = decoder_rate
+        self._dec.layout = "mono"
+        if decoder_s16:
+            self._dec.format = "s16"
+        self._enc = av.CodecContext.create(codec, "w")
+        self._enc.sample_rate = 16000
+        self._enc.layout = "mono"
+        self._enc.format = "s16"
+        for key, value in encoder.items():
+            setattr(self._enc, key, value)
+        self._enc.time_base = fractions.Fraction(1, 16000)
+        self._enc.open()
+        self._pts = 0
+
+    def _decoded(self, payload: bytes) -> tuple[np.ndarray, int]:
+        """The samples of one packet and their rate (none: an empty array at our rate)."""
+        try:
+            frames = self._dec.decode(self._av.Packet(payload))
+        except self._av.error.FFmpegError as exc:
+            raise CodecError(f"{self.name} decode failed: {exc}") from None
+        if not frames:
+            return np.zeros(0, dtype=np.int16), self.sample_rate
+        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.int16)
+        return pcm, frames[0].sample_rate
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        return self._decoded(payload)[0]
+
+    def encode(self, pcm: np.ndarray) -> bytes:
+        frame = self._av.AudioFrame.from_ndarray(
+            pcm.astype(np.int16, copy=False).reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = 16000
+        frame.pts = self._pts
+        self._pts += pcm.size
+        return b"".join(bytes(p) for p in self._enc.encode(frame))
+
+
+class G722(_FFmpegCodec):
+    """G.722 (ADPCM): 16 kHz audio, 64 kbit/s."""
 
     name = "g722"
-    sample_rate = 16000
     bytes_per_sample = 0.5
 
     def __init__(self) -> None:
-        import av  # imported lazily: only G.722 calls pay for it
-
-        self._av = av
-        self._dec = av.CodecContext.create("g722", "r")
-        self._dec.sample_rate = 16000
-        self._dec.layout = "mono"
-        self._enc = av.CodecContext.create("g722", "w")
-        self._enc.sample_rate = 16000
-        self._enc.layout = "mono"
-        self._enc.format = "s16"
-        self._enc.time_base = fractions.Fraction(1, 16000)
-        self._enc.open()
-        self._pts = 0
-
-    def decode(self, payload: bytes) -> np.ndarray:
-        try:
-            frames = self._dec.decode(self._av.Packet(payload))
-        except self._av.error.FFmpegError as exc:
-            raise CodecError(f"g722 decode failed: {exc}") from None
-        if not frames:
-            return np.zeros(0, dtype=np.int16)
-        return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.int16)
-
-    def encode(self, pcm: np.ndarray) -> bytes:
-        frame = self._av.AudioFrame.from_ndarray(
-            pcm.astype(np.int16, copy=False).reshape(1, -1), format="s16", layout="mono"
-        )
-        frame.sample_rate = 16000
-        frame.pts = self._pts
-        self._pts += pcm.size
-        return b"".join(bytes(p) for p in self._enc.encode(frame))
+        super().__init__("g722", decoder_rate=16000)
 
 
-class Opus(Codec):
-    """Opus through libopus (PyAV ships it): one packet per WebSocket message each way,
-    16 kHz mono voice (20 ms frames: the session's ptime). Stateful, per call."""
+class Opus(_FFmpegCodec):
+    """Opus through libopus: one packet per WebSocket message each way, 16 kHz mono voice
+    (20 ms frames: the session's ptime)."""
 
     name = "opus"
-    sample_rate = 16000
     bytes_per_sample = 0.1  # ~32 kbit/s; packets vary (frame_bytes is only a hint)
 
     def __init__(self) -> None:
-        import av
-
         from voxray.media.resample import Resampler
 
-        self._av = av
-        self._dec = av.CodecContext.create("libopus", "r")
-        self._dec.sample_rate = 48000  # libopus decodes at 48 kHz whatever was asked
-        self._dec.layout = "mono"
-        self._dec.format = "s16"
+        # libopus decodes at 48 kHz whatever was asked
+        super().__init__("libopus", decoder_rate=48000, decoder_s16=True, bit_rate=32000,
+                         options={"application": "voip"})
         self._down = Resampler(48000, 16000)
-        self._enc = av.CodecContext.create("libopus", "w")
-        self._enc.sample_rate = 16000
-        self._enc.layout = "mono"
-        self._enc.format = "s16"
-        self._enc.bit_rate = 32000
-        self._enc.options = {"application": "voip"}
-        self._enc.time_base = fractions.Fraction(1, 16000)
-        self._enc.open()
-        self._pts = 0
 
     def decode(self, payload: bytes) -> np.ndarray:
-        try:
-            frames = self._dec.decode(self._av.Packet(payload))
-        except self._av.error.FFmpegError as exc:
-            raise CodecError(f"opus decode failed: {exc}") from None
-        if not frames:
-            return np.zeros(0, dtype=np.int16)
-        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.int16)
-        rate = frames[0].sample_rate
+        pcm, rate = self._decoded(payload)
         return self._down.process(pcm) if rate == 48000 else pcm
-
-    def encode(self, pcm: np.ndarray) -> bytes:
-        frame = self._av.AudioFrame.from_ndarray(
-            pcm.astype(np.int16, copy=False).reshape(1, -1), format="s16", layout="mono"
-        )
-        frame.sample_rate = 16000
-        frame.pts = self._pts
-        self._pts += pcm.size
-        return b"".join(bytes(p) for p in self._enc.encode(frame))
 
 
 _CODECS: dict[str, Callable[[], Codec]] = {
