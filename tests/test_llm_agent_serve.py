@@ -26,7 +26,7 @@ import pytest
 
 from tests.chat_stub import ChatStub, Reply
 from tests.sip_env import SIP_ENV
-from tests.test_sip import Peer, render, sipp  # skips this module too where pjsua2 or sipp is missing
+from tests.test_sip import Peer, render, sipp, webhook  # noqa: F401 (fixture); skips where pjsua2 or sipp is missing
 from voxray.config import Scaling, VoxrayConfig
 from voxray.speech import conversation, write_wav
 
@@ -66,13 +66,6 @@ def script(req: dict) -> Reply:
         return Reply(tokens=["Thanks for calling."],
                      tool_calls=[("hangup", ['{"goodbye": "Good', 'bye!", "reason": "caller said goodbye"}'])])
     return Reply(tokens=["Sure, ", "we can ", "book a cleaning ", "for you on Monday."])
-
-
-@pytest.fixture(scope="module")
-def webhook(webhook_server):
-    """The session's webhook server, with nothing left over from another module's calls."""
-    webhook_server.drain()
-    return webhook_server
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +127,7 @@ async def _record(http: httpx.AsyncClient, call_id: str) -> dict:
 
 
 async def test_inbound_sip_call_is_answered_by_the_in_cluster_llm_agent(
-        voxray_server, webhook, caller_alaw, artifacts, tmp_path):
+        voxray_server, webhook, caller_alaw, artifacts, tmp_path):  # noqa: F811
     from ray import serve
 
     from voxray.cluster.app import build_app

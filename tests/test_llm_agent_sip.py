@@ -27,7 +27,9 @@ import pytest
 
 from tests.chat_stub import ChatStub, Reply
 from tests.sip_env import SIP_ENV
-from tests.test_sip import SENTENCE, Peer, render, sipp, sipp_messages  # skips where pjsua2 or sipp is missing
+from tests.test_sip import (  # noqa: F401 (fixtures); skips where pjsua2 or sipp is missing
+    SENTENCE, Peer, render, sip_workdir, sipp, sipp_messages, webhook,
+)
 from voxray.agents.llm.chat_stream import ChatClient
 from voxray.agents.llm.playbook import parse_playbook
 from voxray.agents.llm.runner import run_agent
@@ -79,21 +81,7 @@ def script(req: dict) -> Reply:
 
 
 @pytest.fixture(scope="module")
-def webhook(webhook_server):
-    """The session's webhook server, with nothing left over from another module's calls."""
-    webhook_server.drain()
-    return webhook_server
-
-
-@pytest.fixture(scope="module")
-def sip_workdir(artifacts) -> Path:
-    d = artifacts / "sip"
-    d.mkdir(exist_ok=True)
-    return d
-
-
-@pytest.fixture(scope="module")
-def caller_alaw(sip_workdir) -> Path:
+def caller_alaw(sip_workdir) -> Path:  # noqa: F811
     """The caller: silence while the greeting plays, SENTENCE in the Piper voice, then silence
     (RTP goes on, so the end of the turn is heard, until the REFER and BYE). 8 kHz A-law, as
     sipp streams it (rtp_stream)."""
@@ -113,7 +101,7 @@ def _flag(value) -> str:
     return str(value).lower()
 
 
-async def test_llm_agent_transfers_an_inbound_sip_call_with_refer(voxray_server, webhook, caller_alaw, sip_workdir):
+async def test_llm_agent_transfers_an_inbound_sip_call_with_refer(voxray_server, webhook, caller_alaw, sip_workdir):  # noqa: F811
     scenario = render("uac_refer_speech.xml", sip_workdir, SPEECH=caller_alaw,
                       REFER_TIMEOUT_MS=120000, BYE_TIMEOUT_MS=30000)
     caller: Peer | None = None
