@@ -43,6 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from voxray.media.barge_in import BargeInRun, barge_in_threshold  # noqa: E402
 from voxray.media.echo import EchoCanceller, EchoConfig  # noqa: E402
 from voxray.media.messages import VadChunk  # noqa: E402
 from voxray.media.vad_segmenter import WINDOW, WINDOW_MS, SegmenterConfig, SpeechEnded, VadSegmenter  # noqa: E402
@@ -71,7 +72,8 @@ DELAYS_MS = (40, 120, 250)
 
 @dataclass(frozen=True)
 class BargeRule:
-    """voxray.media.listener.Listener._check_barge_in, offline (BargeInOption's defaults)."""
+    """voxray.media.listener.Listener._check_barge_in, offline (BargeInOption's defaults), on
+    the listener's own rule (voxray/media/barge_in.py)."""
 
     threshold: float = 0.5
     echo_guard: float = 0.1
@@ -80,15 +82,14 @@ class BargeRule:
 
     def fires(self, probs: list[float], start_ms: float, end_ms: float) -> list[float]:
         """Times (ms) at which a barge-in would fire while a track plays over [start, end)."""
-        out, run = [], 0.0
+        out, run = [], BargeInRun()
+        threshold = barge_in_threshold(self.threshold, self.echo_guard)
         for i, p in enumerate(probs):
             t = (i + 1) * WINDOW_MS  # the window's end: when its probability is known
             if not (start_ms <= t < end_ms):
-                run = 0.0
+                run.reset()
                 continue
-            run = run + WINDOW_MS if p >= min(self.threshold + self.echo_guard, 0.95) else 0.0
-            if run >= self.min_speech_ms and t - start_ms >= self.ignore_ms:
-                run = 0.0
+            if run.step(p >= threshold, t - start_ms, self.min_speech_ms, self.ignore_ms):
                 out.append(t)
         return out
 

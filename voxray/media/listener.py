@@ -27,6 +27,7 @@ import numpy as np
 from voxray.logs import bind_call, get_logger
 from voxray.media import amd
 from voxray.media.codecs import Codec, make_codec
+from voxray.media.barge_in import BargeInRun, barge_in_threshold
 from voxray.media.config import MediaConfig, MediaSink, fallback_metrics
 from voxray.media.echo import EchoCanceller
 from voxray.media.end_of_turn import EouBounds, decide
@@ -35,7 +36,7 @@ from voxray.media.playout import Track
 from voxray.media.resample import Resampler
 from voxray.media.services import ModelServices
 from voxray.media.vad_segmenter import (
-    WINDOW, WINDOW_MS, SegmentEvent, SegmenterConfig, SpeechEnded, SpeechPaused, SpeechResumed,
+    WINDOW, SegmentEvent, SegmenterConfig, SpeechEnded, SpeechPaused, SpeechResumed,
     SpeechStarted, VadSegmenter,
 )
 from voxray.protocol import events as ev
@@ -125,7 +126,7 @@ class Listener:
         self._partial_at_ms = 0
         self._utt_start_ms = 0
         self._amd_done = not option.answer_machine_detection
-        self._bargein_run_ms = 0.0
+        self._barge_in = BargeInRun()
         self._tasks: list[asyncio.Task] = []
         # `vad.silenceTimeout` (active-call's no-input timeout): where the quiet being timed
         # began, in ms of the caller's audio; None while the caller speaks.
@@ -330,18 +331,14 @@ class Listener:
         b = self.option.barge_in
         track = self._playing()
         if not (b.enabled and track is not None):
-            self._bargein_run_ms = 0.0
+            self._barge_in.reset()
             return
         # The echo guard asks for more confidence while our own voice may leak back; with
         # the canceller on there is no echo left to guard against (unless the agent asks).
         guard = b.echo_guard if self.echo is None or "echo_guard" in b.model_fields_set else 0.0
-        if prob >= min(self.segmenter.config.threshold + guard, 0.95):
-            self._bargein_run_ms += WINDOW_MS
-        else:
-            self._bargein_run_ms = 0.0
+        speech = prob >= barge_in_threshold(self.segmenter.config.threshold, guard)
         since_start = (time.monotonic() - track.started_at) * 1000
-        if self._bargein_run_ms >= b.min_speech_ms and since_start >= b.ignore_ms:
-            self._bargein_run_ms = 0.0
+        if self._barge_in.step(speech, since_start, b.min_speech_ms, b.ignore_ms):
             log.info("barge-in", extra={"play_id": track.play_id, "played_ms": track.ms(track.played)})
             await self._on_barge_in()
 
