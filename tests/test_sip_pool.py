@@ -40,12 +40,44 @@ async def _answer(server: str, hook: dict) -> CallClient:
     return client
 
 
+async def _pool_load() -> dict[str, dict]:
+    """Per SIP worker: the calls its core holds and those pjsua2 still holds (a slot each)."""
+    node = await _node()
+    info = await node.ready.remote()
+    keys = [k for k, w in info["workers"].items() if w["role"] == "sip" and w["up"]]
+    handles = [await node.worker.remote(k) for k in keys]
+    stats = await asyncio.gather(*(h.media_stats.remote() for h in handles))
+    return {k: {"core": info["workers"][k]["calls"], "pj": s.get("pj_calls", 0)}
+            for k, s in zip(keys, stats, strict=True)}
+
+
+async def _idle_pool(timeout_s: float = 45.0) -> None:
+    """Wait for the earlier tests' calls to be gone from every worker: these tests fill the
+    pool's slots, and a call still ending elsewhere (its BYE's answer, pjsua2's timers) holds one."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        load = await _pool_load()
+        if all(v["core"] == 0 and v["pj"] == 0 for v in load.values()):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"calls left over on the SIP workers after {timeout_s}s: {load}; "
+                                 f"{await (await _node()).list_calls.remote()}")
+        await asyncio.sleep(0.5)
+
+
 async def _calls(server: str, hook, workdir, start, speech, n: int, hold_ms: int):
+    await _idle_pool()
     scenario = render("uac_speech.xml", workdir, SPEECH=speech, DTMF_PCAP=SIPP_PCAPS / "dtmf_2833_1.pcap",
                       SPEECH_MS=3200, HOLD_MS=hold_ms)
     caller = await start(sipp(scenario, workdir, "-key", "callee", "agent", "-m", str(n), "-l", str(n),
                               "-r", str(n), f"127.0.0.1:{SIP_ENV.sip_port}", timeout_s=hold_ms / 1000 + 90))
-    hooks = [await hook.next("/hook", timeout=60) for _ in range(n)]
+    hooks = []
+    try:
+        for _ in range(n):
+            hooks.append(await hook.next("/hook", timeout=60))
+    except AssertionError as exc:  # say why: the callers' view (503s, timeouts) and the pool's
+        raise AssertionError(f"{len(hooks)} of {n} calls reached the agent: {exc}\npool: {await _pool_load()}\n"
+                             f"sipp: {caller.text()[-3000:]}") from None
     clients = await asyncio.gather(*(_answer(server, h) for h in hooks))
     return caller, hooks, list(clients)
 

@@ -100,7 +100,7 @@ modparam("dispatcher", "ds_hash_expire", 7200)
 modparam("dispatcher", "ds_ping_interval", {s.ping_interval_s})
 modparam("dispatcher", "ds_ping_from", "sip:front@{alias}:{port}")
 modparam("dispatcher", "ds_probing_mode", 1)
-modparam("dispatcher", "ds_probing_threshold", 1)
+modparam("dispatcher", "ds_probing_threshold", {s.ping_failures})
 modparam("dispatcher", "ds_inactive_threshold", 1)
 modparam("dispatcher", "ds_ping_reply_codes", "class=2;class=4")
 

@@ -63,7 +63,7 @@ def listening_port() -> int | None:
 def media_stats() -> dict:
     """Frames this process's live SIP calls moved so far (bench/sip_media.py reads them)."""
     if _endpoint is None:
-        return {"calls": 0, "frames_in": 0, "frames_out": 0}
+        return {"calls": 0, "pj_calls": 0, "frames_in": 0, "frames_out": 0}
     for _ in range(5):  # the pj thread may change the dict while we read it
         try:
             ports = [c.port for c in list(_endpoint.live.values()) if c.port is not None]
@@ -72,5 +72,7 @@ def media_stats() -> dict:
             continue
     else:
         ports = []
-    return {"calls": len(ports), "frames_in": sum(p.frames_in for p in ports),
+    # pj_calls: every call pjsua2 still holds (ringing, or ending and not yet destroyed): each
+    # takes one of the process's PJSUA_MAX_CALLS slots.
+    return {"calls": len(ports), "pj_calls": len(_endpoint.live), "frames_in": sum(p.frames_in for p in ports),
             "frames_out": sum(p.frames_out for p in ports)}
