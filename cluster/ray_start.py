@@ -34,6 +34,12 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
     # Fatal signals dump every thread's Python stack from interpreter start, before any
     # voxray code runs (voxray.faults does the same from each actor's __init__).
     env["env_vars"]["PYTHONFAULTHANDLER"] = "1"
+    # numpy's OpenBLAS starts a spinning thread per core in every actor, for products of a
+    # few thousand elements (Whisper's mel filter bank, resampling): a 3 s utterance's
+    # decode cost 244 ms of CPU with it, 134 ms without (bench/threads.py). The models
+    # have their own thread settings (models.whisper_threads, models.piper_threads).
+    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env["env_vars"].setdefault(var, os.environ.get(var, "1"))
     if address:
         log(f"joining Ray cluster at {address}")
         info = ray.init(address=address, namespace="voxray", runtime_env=env, log_to_driver=False)

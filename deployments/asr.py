@@ -24,6 +24,7 @@ from voxray.logs import bind_call, get_logger
 from voxray.config import ModelsConfig
 from voxray.providers.catalog import ProvidersConfig, build_asr
 from voxray.providers.fallback import AsrChain
+from voxray.providers.whisper_local import WhisperLocal
 
 log = get_logger("voxray.asr")
 
@@ -58,6 +59,14 @@ def make_asr_chain(providers: ProvidersConfig, models: ModelsConfig | None = Non
     return AsrChain(built, {s.name: s.timeout_s for s in providers.asr}, providers.retries)
 
 
+def max_batch(chain: AsrChain, settings: ModelsConfig) -> int:
+    """Utterances per model call: the setting, else by where the first local Whisper runs."""
+    if settings.whisper_max_batch is not None:
+        return settings.whisper_max_batch
+    local = [p for p in chain.providers.values() if isinstance(p, WhisperLocal)]
+    return MAX_BATCH if local and local[0].device == "cuda" else 1
+
+
 def loaded_devices(chain) -> dict[str, dict]:
     """Where each local model of a chain runs (providers with a `describe()`), for the log."""
     return {name: p.describe() for name, p in chain.providers.items() if hasattr(p, "describe")}
@@ -76,9 +85,12 @@ class AsrDeployment:
         gpu_ids = ray.get_gpu_ids()  # what num_gpus gave this replica
         self.chain = make_asr_chain(ProvidersConfig.model_validate(providers or {}), settings, gpu_ids)
         fifo = settings.whisper_queue == "fifo"
-        self.scheduler = AsrScheduler(self._transcribe_many, MAX_BATCH, FIFO_GATHER_S if fifo else GATHER_S,
-                                      prioritize=not fifo, concurrency=settings.whisper_workers)
+        self.scheduler = AsrScheduler(self._transcribe_many, max_batch(self.chain, settings),
+                                      FIFO_GATHER_S if fifo else GATHER_S, prioritize=not fifo,
+                                      concurrency=settings.whisper_workers,
+                                      partial_max_load=settings.partial_max_load)
         log.info("asr providers loaded", extra={"providers": self.chain.names, "gpu_ids": gpu_ids,
+                                                "max_batch": self.scheduler.max_batch,
                                                 "devices": loaded_devices(self.chain)})
 
     async def transcribe(self, req: AsrRequest) -> AsrResult:
@@ -92,6 +104,7 @@ class AsrDeployment:
                 result = await transcribe_single(self.chain, req)
             log.info("transcribed", extra={"provider": result.provider, "audio_s": round(result.audio_s, 3),
                                            "compute_s": round(result.compute_s, 3),
+                                           "queued_s": round(result.queued_s, 3), "partial": req.partial,
                                            "batch": result.batch_size})
         return result
 

@@ -8,6 +8,7 @@ fallback chain. Free of Ray so it is tested with the real model alone.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import time
 from collections.abc import Awaitable, Callable
@@ -85,11 +86,17 @@ class AsrScheduler:
     is what matters, a late partial is no news, and the same audio is never decoded
     twice. A request whose caller cancelled it (a speculation the
     caller talked over) leaves the queue unheard.
+
+    Partials are shed under load: while the model was busy more than `partial_max_load` of
+    the last `load_window_s`, they are answered `skipped` too. Each partial costs as much
+    compute as a final, and a call makes two a turn: at 8 calls on 2 cores they were
+    two thirds of the decodes, and every one of them delayed somebody's turn end.
     """
 
     def __init__(self, run: Callable[[list[AsrRequest]], Awaitable[list[AsrResult]]],
                  max_batch: int = 8, gather_s: float = 0.002, prioritize: bool = True,
-                 partial_max_wait_s: float = 0.5, max_partials: int = 1, concurrency: int = 1) -> None:
+                 partial_max_wait_s: float = 0.5, max_partials: int = 1, concurrency: int = 1,
+                 partial_max_load: float = 0.5, load_window_s: float = 2.0) -> None:
         self._run = run
         self.max_batch = max_batch
         self.gather_s = gather_s  # lets requests sent together by many calls share the first call
@@ -103,6 +110,22 @@ class AsrScheduler:
         self.concurrency = concurrency
         self._running: set[asyncio.Task] = set()
         self.skipped = 0
+        self.shed = 0  # partials skipped for load (counted in `skipped` too)
+        self.partial_max_load = partial_max_load
+        self.load_window_s = load_window_s
+        self._busy: collections.deque[tuple[float, float]] = collections.deque()  # (start, end) of busy spells
+        self._busy_since: float | None = None  # the current spell's start, while a model call runs
+
+    def load(self, now: float | None = None) -> float:
+        """The share of the last `load_window_s` in which a model call was running."""
+        now = time.monotonic() if now is None else now
+        start = now - self.load_window_s
+        while self._busy and self._busy[0][1] <= start:
+            self._busy.popleft()
+        busy = sum(min(e, now) - max(s, start) for s, e in self._busy)
+        if self._busy_since is not None:
+            busy += now - max(self._busy_since, start)
+        return min(1.0, busy / self.load_window_s)
 
     async def submit(self, req: AsrRequest) -> AsrResult:
         if self._worker is None or self._worker.done():
@@ -124,12 +147,14 @@ class AsrScheduler:
             latest[q.req.call_id] = max(latest.get(q.req.call_id, -1), q.seq)
         keep = []
         now = time.monotonic()
+        loaded = self.load(now) > self.partial_max_load
         for q in self._queue:
             if q.future.done():
                 continue
             stale = latest[q.req.call_id] > q.seq or now - q.at > self.partial_max_wait_s
-            if self.prioritize and q.req.partial and stale:
+            if self.prioritize and q.req.partial and (stale or loaded):
                 self.skipped += 1
+                self.shed += not stale
                 q.future.set_result(AsrResult(text="", provider="", skipped=True))
                 continue
             keep.append(q)
@@ -157,14 +182,20 @@ class AsrScheduler:
                 if not batch:
                     break
                 task = asyncio.create_task(self._run_batch(batch), name="asr-batch")
+                if not self._running:
+                    self._busy_since = time.monotonic()
                 self._running.add(task)
                 task.add_done_callback(self._batch_done)
 
     def _batch_done(self, task: asyncio.Task) -> None:
         self._running.discard(task)
+        if not self._running and self._busy_since is not None:
+            self._busy.append((self._busy_since, time.monotonic()))
+            self._busy_since = None
         self._wake.set()  # a model worker is free: whatever waited goes now
 
     async def _run_batch(self, batch: list[_Queued]) -> None:
+        started = time.monotonic()
         try:
             results = await self._run([q.req for q in batch])
         except Exception as exc:  # the batch runner falls back itself; this is a bug
@@ -175,4 +206,4 @@ class AsrScheduler:
             return
         for q, res in zip(batch, results, strict=True):
             if not q.future.done():
-                q.future.set_result(res)
+                q.future.set_result(res.model_copy(update={"queued_s": started - q.at}))

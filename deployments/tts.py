@@ -23,13 +23,13 @@ log = get_logger("voxray.tts")
 
 
 def make_tts_chain(providers: ProvidersConfig, default_voice: str | None = None, default_device: str = "auto",
-                   gpu_ids: list | None = None) -> TtsChain:
+                   gpu_ids: list | None = None, piper_threads: int = 1) -> TtsChain:
     """gpu_ids: the GPUs Ray gave this replica (None outside Ray): without one, local models use no CUDA."""
     built = []
     for spec in providers.tts:
         if spec.kind == "piper":
             spec = spec.model_copy(update={"model_path": spec.model_path or default_voice,
-                                           "device": spec.device or default_device})
+                                           "device": spec.device or default_device, "cpu_threads": piper_threads})
         p = build_tts(spec)
         if hasattr(p, "gpu_ids"):
             p.gpu_ids = gpu_ids
@@ -77,11 +77,11 @@ async def gated(gate: PriorityGate | None, chain: TtsChain, req: TtsRequest) -> 
                                                             request_router_kwargs={"fill": 8}))
 class TtsDeployment:
     def __init__(self, providers: dict | None = None, piper_voice: str | None = None,
-                 piper_device: str = "auto", slots: int = 1) -> None:
+                 piper_device: str = "auto", slots: int = 1, piper_threads: int = 1) -> None:
         enable_fault_dumps()
         gpu_ids = ray.get_gpu_ids()  # what num_gpus gave this replica
         self.chain = make_tts_chain(ProvidersConfig.model_validate(providers or {}), piper_voice, piper_device,
-                                    gpu_ids)
+                                    gpu_ids, piper_threads)
         self.gate = PriorityGate(slots) if slots > 0 else None
         log.info("tts providers loaded", extra={"providers": self.chain.names, "gpu_ids": gpu_ids,
                                                 "devices": {n: p.describe() for n, p in self.chain.providers.items()

@@ -18,7 +18,8 @@ class ProviderSpec(BaseModel):
     model: str | None = None
     voice: str | None = None
     model_path: str | None = None  # local models
-    cpu_threads: int = 2
+    cpu_threads: int = Field(2, ge=0, le=64, description="local models on the CPU: intra-op threads (whisper: "
+                             "per worker; piper: 0 is onnxruntime's default, a spinning thread per core)")
     workers: int = Field(1, ge=1, le=8, description="local Whisper: batches decoded at once (CTranslate2 workers)")
     # Local models (whisper, piper): where they run (None: the models section's setting).
     device: Device | None = Field(None, description="auto: CUDA when the replica has a GPU, else the CPU")
@@ -81,7 +82,8 @@ def _deepgram_asr(spec: ProviderSpec) -> AsrProvider:
 def _piper(spec: ProviderSpec) -> TtsProvider:
     from voxray.providers.piper_local import PiperLocal
 
-    return PiperLocal(voice_path=spec.model_path, **({"device": spec.device} if spec.device else {}))
+    return PiperLocal(voice_path=spec.model_path, threads=spec.cpu_threads,
+                      **({"device": spec.device} if spec.device else {}))
 
 
 def _openai_tts(spec: ProviderSpec) -> TtsProvider:

@@ -25,8 +25,10 @@ class PiperLocal(TtsProvider):
     name = "piper"
     computes_locally = True
 
-    def __init__(self, voice_path: str | None = None, device: str = "auto", gpu_ids: list | None = None) -> None:
+    def __init__(self, voice_path: str | None = None, device: str = "auto", gpu_ids: list | None = None,
+                 threads: int = 1) -> None:
         self.voice_path = voice_path or piper_voice_path()
+        self.threads = threads  # onnxruntime intra-op threads on the CPU; 0: its default (one per core)
         self.requested_device = device
         self.gpu_ids = gpu_ids  # the GPUs Ray gave the replica (None outside Ray): none, no CUDA
         self.device: str | None = None  # what load() got
@@ -50,12 +52,21 @@ class PiperLocal(TtsProvider):
             log.warning("piper could not load on cuda, running on the cpu",
                         extra={"voice": self.voice_path, "session_providers": voice.session.get_providers()})
             device = "cpu"
+        if device == "cpu" and self.threads > 0:
+            # Piper builds its session with onnxruntime's defaults: a thread per core, spinning
+            # between operators. Beside Whisper and the media plane, fewer and quiet threads
+            # give the cores to whoever has work.
+            opts = onnxruntime.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = self.threads, 1
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            voice.session = onnxruntime.InferenceSession(self.voice_path, sess_options=opts,
+                                                         providers=["CPUExecutionProvider"])
         self._voice, self.device = voice, device
 
     def describe(self) -> dict:
         """Where the loaded voice runs, for the deployment's log."""
         session = getattr(self._voice, "session", None)
-        return {"model": self.voice_path, "device": self.device,
+        return {"model": self.voice_path, "device": self.device, "threads": self.threads,
                 "session_providers": session.get_providers() if session is not None else None}
 
     async def synthesize(self, text: str, speed: float = 1.0, speaker: str | None = None,

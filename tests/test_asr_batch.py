@@ -87,7 +87,7 @@ async def test_a_failed_batch_falls_back_request_by_request(whisper, utterances,
 
 
 @pytest.mark.e2e
-async def test_concurrent_utterances_share_a_model_call_on_serve(voxray_server, utterances):
+async def test_concurrent_utterances_on_serve_go_side_by_side_on_the_cpu_workers(voxray_server, utterances):
     from ray import serve
 
     handle = serve.get_deployment_handle("AsrDeployment", "voxray")
@@ -95,8 +95,10 @@ async def test_concurrent_utterances_share_a_model_call_on_serve(voxray_server, 
     results = await asyncio.wait_for(asyncio.gather(*(handle.transcribe.remote(r) for r in reqs)), 120)
     for i, res in enumerate(results):
         assert wer(SENTENCES[i % len(SENTENCES)], res.text) <= 0.3, res.text
-    # The first request may leave alone; the rest queue behind it and go together.
-    assert max(r.batch_size for r in results) > 1, [r.batch_size for r in results]
+    # On the CPU a batch costs nearly the sum of its utterances: each goes alone, two workers
+    # at a time, and the rest wait their turn in the replica's queue (finals first).
+    assert [r.batch_size for r in results] == [1] * 6
+    assert max(r.queued_s for r in results) > 0.0, [r.queued_s for r in results]
 
 
 # -- bucketed encoder windows ------------------------------------------------------
@@ -214,3 +216,51 @@ async def test_turn_ends_arriving_during_a_batch_start_their_own_at_once():
     assert max(done_at) < 0.09  # started at ~10 ms, not after a's 50 ms batch (~110 ms)
     one = AsrScheduler(Recorder().run, gather_s=0.0)  # one worker: the old queue
     assert one.concurrency == 1
+
+
+async def test_partials_are_shed_while_the_model_is_busy_and_decoded_when_it_is_not():
+    """Each partial costs a final's compute: past `partial_max_load` of the last window
+    they are answered skipped (finals still run), and once the model has been idle they run again."""
+    rec = Recorder()  # 50 ms per model call
+    sched = AsrScheduler(rec.run, gather_s=0.0, partial_max_load=0.5, load_window_s=0.2)
+    pcm = np.zeros(1600, np.int16).tobytes()
+    assert sched.load() == 0.0
+    idle = await sched.submit(AsrRequest(call_id="a", pcm=pcm, partial=True))
+    assert not idle.skipped and rec.batches == [["a:p"]]
+    for c in "bcd":  # 150 ms of finals back to back: the model is busy the whole window
+        await sched.submit(AsrRequest(call_id=c, pcm=pcm))
+    assert sched.load() > 0.5
+    busy = await sched.submit(AsrRequest(call_id="e", pcm=pcm, partial=True))
+    final = await sched.submit(AsrRequest(call_id="f", pcm=pcm))
+    assert busy.skipped and not final.skipped and sched.shed == 1
+    assert ["e:p"] not in rec.batches and rec.batches[-1] == ["f:f"]
+    await asyncio.sleep(0.25)  # a whole window idle
+    assert sched.load() < 0.1
+    again = await sched.submit(AsrRequest(call_id="g", pcm=pcm, partial=True))
+    assert not again.skipped and rec.batches[-1] == ["g:p"]
+
+
+async def test_the_fifo_queue_never_sheds_partials():
+    rec = Recorder()
+    sched = AsrScheduler(rec.run, gather_s=0.0, prioritize=False, partial_max_load=0.01, load_window_s=0.2)
+    pcm = np.zeros(1600, np.int16).tobytes()
+    await sched.submit(AsrRequest(call_id="a", pcm=pcm))
+    late = await sched.submit(AsrRequest(call_id="b", pcm=pcm, partial=True))
+    assert not late.skipped and sched.shed == 0
+
+
+def test_the_cpu_decodes_one_utterance_per_model_call_and_a_gpu_batches():
+    from types import SimpleNamespace
+
+    from voxray.config import ModelsConfig
+    from voxray.deployments.asr import MAX_BATCH, max_batch
+
+    def chain(device: str):
+        w = WhisperLocal()
+        w.device = device  # what load() would have found
+        return SimpleNamespace(providers={"whisper": w})
+
+    assert max_batch(chain("cpu"), ModelsConfig()) == 1
+    assert max_batch(chain("cuda"), ModelsConfig()) == MAX_BATCH
+    assert max_batch(chain("cpu"), ModelsConfig(whisper_max_batch=4)) == 4
+    assert max_batch(SimpleNamespace(providers={}), ModelsConfig()) == 1  # cloud providers only

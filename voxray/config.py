@@ -23,7 +23,10 @@ class ModelsConfig(BaseModel):
 
     whisper_model: str | None = Field(None, description="CTranslate2 Whisper folder (any checkpoint converted "
                                       "with ct2-transformers-converter); default tiny.en")
-    whisper_threads: int = 2
+    # Intra-op threads per CTranslate2 worker. One each: on 2 cores, 2 workers x 1 thread decode
+    # a 3 s utterance in 134 ms for 134 ms of CPU; x 2 threads, 149 ms for 199 ms (threads wait
+    # on each other); bench/threads.py. Raise it for big models on many cores.
+    whisper_threads: int = Field(1, ge=1, le=64)
     # Batches decoded at once by a replica (CTranslate2 workers): turn ends that arrive while a
     # batch runs start their own at once instead of waiting for it (bench: 8 calls' p95).
     whisper_workers: int = Field(2, ge=1, le=8)
@@ -38,9 +41,22 @@ class ModelsConfig(BaseModel):
     whisper_min_window_s: float = Field(10.0, ge=1.0, le=30.0)
     # "priority": turn ends before partials, stale partials skipped; "fifo": in arrival order.
     whisper_queue: Literal["priority", "fifo"] = "priority"
+    # Utterances one model call decodes together. On a GPU a batch costs little more than one
+    # utterance; on the CPU it costs nearly the sum (2 cores, 3 s each: 1 alone 136 ms, 6
+    # together 609 ms), so a batch only makes its first caller wait for its last, and the
+    # workers side by side do better (4 singles on 2 workers: 68 ms each). None: 1 on the
+    # CPU, 8 on CUDA.
+    whisper_max_batch: int | None = Field(None, ge=1, le=32)
+    # Partials (asrDelta) are shed while the ASR replica was busy more than this share of the
+    # last 2 s: they cost what a final costs, and under load finals come first (1.0: never shed).
+    partial_max_load: float = Field(0.5, gt=0, le=1.0)
     piper_voice: str | None = Field(None, description="Piper .onnx voice; default en_US-joe-medium")
     piper_device: Device = Field("auto", description="CUDA needs onnxruntime-gpu in place of onnxruntime "
                                  "and tts.num_gpus > 0; auto: CUDA when both hold, else the CPU")
+    # Piper's onnxruntime threads (0: onnxruntime's default, one per core, spinning between
+    # operators). One: the 2-core bench's replies cost 15-25 % less CPU, for ~30 ms more on
+    # an idle machine's first clause (bench/threads.py).
+    piper_threads: int = Field(1, ge=0, le=64)
     silero_vad: str | None = None
     tts_slots: int = Field(1, ge=0, le=16, description="local syntheses a TTS replica runs at once, tracks' "
                            "first pieces before later ones (deployments/tts_gate.py); 0: all at once, "

@@ -56,6 +56,7 @@ class AsrResult(BaseModel):
     compute_s: float = 0.0
     failures: list[str] = Field(default_factory=list)  # providers that failed before this one
     batch_size: int = 1  # utterances transcribed in the same model call (ASR batching)
+    queued_s: float = 0.0  # how long it waited in the replica's queue for a model worker
     skipped: bool = False  # a partial dropped unheard: a newer request of the same call superseded it
 
 
