@@ -36,7 +36,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
     env["env_vars"]["PYTHONFAULTHANDLER"] = "1"
     # numpy's OpenBLAS starts a spinning thread per core in every actor, for products of a
     # few thousand elements (Whisper's mel filter bank, resampling): a 3 s utterance's
-    # decode cost 244 ms of CPU with it, 134 ms without (bench/threads.py). The models
+    # decode cost 252 ms of CPU with it, 139 ms without (bench/threads.py). The models
     # have their own thread settings (models.whisper_threads, models.piper_threads).
     for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env["env_vars"].setdefault(var, os.environ.get(var, "1"))

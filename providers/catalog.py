@@ -20,7 +20,7 @@ class ProviderSpec(BaseModel):
     model_path: str | None = None  # local models
     cpu_threads: int = Field(2, ge=0, le=64, description="local models on the CPU: intra-op threads (whisper: "
                              "per worker; piper: 0 is onnxruntime's default, a spinning thread per core)")
-    workers: int = Field(1, ge=1, le=8, description="local Whisper: batches decoded at once (CTranslate2 workers)")
+    workers: int = Field(1, ge=1, le=8, description="local Whisper: model calls run at once (CTranslate2 workers)")
     # Local models (whisper, piper): where they run (None: the models section's setting).
     device: Device | None = Field(None, description="auto: CUDA when the replica has a GPU, else the CPU")
     compute_type: ComputeType | None = Field(None, description="whisper: CTranslate2 compute type; "

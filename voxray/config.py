@@ -24,11 +24,11 @@ class ModelsConfig(BaseModel):
     whisper_model: str | None = Field(None, description="CTranslate2 Whisper folder (any checkpoint converted "
                                       "with ct2-transformers-converter); default tiny.en")
     # Intra-op threads per CTranslate2 worker. One each: on 2 cores, 2 workers x 1 thread decode
-    # a 3 s utterance in 134 ms for 134 ms of CPU; x 2 threads, 149 ms for 199 ms (threads wait
+    # a 3 s utterance in 140 ms for 139 ms of CPU; x 2 threads, 148 ms for 199 ms (threads wait
     # on each other); bench/threads.py. Raise it for big models on many cores.
     whisper_threads: int = Field(1, ge=1, le=64)
-    # Batches decoded at once by a replica (CTranslate2 workers): turn ends that arrive while a
-    # batch runs start their own at once instead of waiting for it (bench: 8 calls' p95).
+    # Model calls a replica runs at once (CTranslate2 workers): turn ends that arrive while one
+    # runs start their own at once instead of waiting for it (bench: 8 calls' p95).
     whisper_workers: int = Field(2, ge=1, le=8)
     # Where the Whisper runs: "auto" is CUDA when the ASR replica has a GPU (asr.num_gpus > 0)
     # and CTranslate2 sees it, else the CPU; "cuda" fails to load where there is none.
@@ -54,8 +54,8 @@ class ModelsConfig(BaseModel):
     piper_device: Device = Field("auto", description="CUDA needs onnxruntime-gpu in place of onnxruntime "
                                  "and tts.num_gpus > 0; auto: CUDA when both hold, else the CPU")
     # Piper's onnxruntime threads (0: onnxruntime's default, one per core, spinning between
-    # operators). One: the 2-core bench's replies cost 15-25 % less CPU, for ~30 ms more on
-    # an idle machine's first clause (bench/threads.py).
+    # operators). One: three reply clauses cost 341 ms of CPU instead of 417, for ~45 ms more
+    # per clause on an idle machine (bench/threads.py).
     piper_threads: int = Field(1, ge=0, le=64)
     silero_vad: str | None = None
     tts_slots: int = Field(1, ge=0, le=16, description="local syntheses a TTS replica runs at once, tracks' "

@@ -311,20 +311,18 @@ class Listener:
         finally:
             if not spec.result.done():
                 spec.result.set_result(result)
-        if result is None or self._spec is not spec:
-            if result is not None:
-                log.debug("speculation after the turn's end", extra={
-                    "asr_ms": int((time.perf_counter() - t0) * 1000), "queued_ms": int(result.queued_s * 1000),
-                    "compute_ms": int(result.compute_s * 1000), "silence_ms": self.segmenter.silence_ms})
+        if result is None:
+            return
+        # Where the speculation's time went (round trip, the replica's queue, the model), for the debug log.
+        timing = {"asr_ms": int((time.perf_counter() - t0) * 1000), "queued_ms": int(result.queued_s * 1000),
+                  "compute_ms": int(result.compute_s * 1000), "silence_ms": self.segmenter.silence_ms}
+        if self._spec is not spec:
+            log.debug("speculation after the turn's end", extra=timing)
             return  # the turn already ended (the final takes the result) or the caller went on
         text = result.text.strip()
         decision = decide(text, self.eou)
         spec.verdict = decision.verdict
-        log.debug("end of turn", extra={"verdict": decision.verdict, "wait_ms": decision.wait_ms,
-                                        "silence_ms": self.segmenter.silence_ms,
-                                        "asr_ms": int((time.perf_counter() - t0) * 1000),
-                                        "queued_ms": int(result.queued_s * 1000),
-                                        "compute_ms": int(result.compute_s * 1000)})
+        log.debug("end of turn", extra={"verdict": decision.verdict, "wait_ms": decision.wait_ms, **timing})
         if text:
             await self._delta(spec.index, text)
         # "unknown" keeps the usual end (end_silence_ms of silence, as without speculation).
