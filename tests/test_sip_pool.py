@@ -51,17 +51,26 @@ async def _pool_load() -> dict[str, dict]:
             for k, s in zip(keys, stats, strict=True)}
 
 
+async def _front_load() -> dict[str, str]:
+    """The front's view per worker: its flags and the calls Kamailio counts on it / its max."""
+    state = await (await _node()).front_state.remote()
+    return {t["uri"]: f"{t['flags']} {t['load']}/{t['max_load']}" for t in (state or {}).get("targets", [])}
+
+
 async def _idle_pool(timeout_s: float = 45.0) -> None:
-    """Wait for the earlier tests' calls to be gone from every worker: these tests fill the
-    pool's slots, and a call still ending elsewhere (its BYE's answer, pjsua2's timers) holds one."""
+    """Wait for the earlier tests' calls to be gone from every worker and from the front's
+    count: these tests fill the pool's slots, and a call still ending elsewhere (its BYE's
+    answer, pjsua2's timers) holds one."""
     deadline = time.monotonic() + timeout_s
     while True:
         load = await _pool_load()
-        if all(v["core"] == 0 and v["pj"] == 0 for v in load.values()):
+        front = await (await _node()).front_state.remote()
+        targets = (front or {}).get("targets", [])
+        if all(v["core"] == 0 and v["pj"] == 0 for v in load.values()) and all(t["load"] == 0 for t in targets):
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"calls left over on the SIP workers after {timeout_s}s: {load}; "
-                                 f"{await (await _node()).list_calls.remote()}")
+                                 f"front: {await _front_load()}; {await (await _node()).list_calls.remote()}")
         await asyncio.sleep(0.5)
 
 
@@ -76,8 +85,12 @@ async def _calls(server: str, hook, workdir, start, speech, n: int, hold_ms: int
         for _ in range(n):
             hooks.append(await hook.next("/hook", timeout=60))
     except AssertionError as exc:  # say why: the callers' view (503s, timeouts) and the pool's
+        errors = workdir / "uac_speech-errors.log"
+        state = await (await _node()).front_state.remote() or {}
         raise AssertionError(f"{len(hooks)} of {n} calls reached the agent: {exc}\npool: {await _pool_load()}\n"
-                             f"sipp: {caller.text()[-3000:]}") from None
+                             f"front: {await _front_load()}\nfront log: {state.get('log_tail', '')[-1500:]}\n"
+                             f"sipp: {caller.text()[-1500:]}\nsipp errors: "
+                             f"{errors.read_text(errors='replace')[:2500] if errors.exists() else ''}") from None
     clients = await asyncio.gather(*(_answer(server, h) for h in hooks))
     return caller, hooks, list(clients)
 
@@ -107,6 +120,10 @@ async def test_sixteen_inbound_calls_spread_over_the_workers_each_transcribed_an
             return final["text"]
 
         texts = await asyncio.gather(*(converse(c) for c in clients))
+        # sipp's in-dialog requests carry no Route: the front still saw each ACK (else it
+        # times the dialog out at 70 s and answers the caller's BYE itself).
+        dialogs = (await (await _node()).front_state.remote())["dialogs"]
+        assert dialogs["ongoing"] == n and dialogs["answering"] == 0, dialogs
         errors = sorted(wer(SENTENCE, t) for t in texts)
         assert errors[n // 2] <= 0.3 and errors[-1] <= 0.6, texts
         for c in clients:

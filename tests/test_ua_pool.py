@@ -1,9 +1,11 @@
 """The UA worker pool's decisions (ua_node/pool.py) and the front's generated Kamailio
-config (ua_node/front/config.py), checked by Kamailio itself."""
+config (ua_node/front/config.py), checked by Kamailio itself, and the front's view of its
+workers read back from a running Kamailio (ua_node/front/state.py)."""
 
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 from itertools import count
 
@@ -11,6 +13,8 @@ import pytest
 
 from voxray.ua_node.config import FrontSettings, PoolSettings
 from voxray.ua_node.front.config import FrontDestination, dispatcher_list, kamailio_cfg
+from voxray.ua_node.front.process import KamailioFront, kamailio_path
+from voxray.ua_node.front.state import parse_dialog_stats, parse_dispatcher_list
 from voxray.ua_node.pool import SIP, WEBRTC, WorkerSpec, WorkerState, choose, plan, sip_worker_count, use_front
 from voxray.ua_node.sip.config import SipAccount, SipSettings
 
@@ -113,6 +117,47 @@ def test_kamailio_accepts_the_generated_config(tmp_path, trusted):
     assert ("is_in_subnet" in cfg.read_text()) == bool(trusted)
 
 
+
+async def test_the_front_reports_each_workers_flags_and_call_load_from_kamailio(tmp_path):
+    if kamailio_path(FrontSettings()) is None:
+        pytest.skip("kamailio is not installed")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    front = KamailioFront(FrontSettings(), bind="127.0.0.1", port=port, public_address=None, trusted=[],
+                          retry_after_s=5, run_dir=str(tmp_path))
+    await front.start([FrontDestination("sip:127.0.0.1:5081", "sip0-1", 4),
+                       FrontDestination("sip:127.0.0.1:5082", "sip1-2", 3)])
+    try:
+        targets = await front.targets()
+        assert [(t.uri, t.duid, t.load, t.max_load) for t in targets] == [
+            ("sip:127.0.0.1:5081", "sip0-1", 0, 4), ("sip:127.0.0.1:5082", "sip1-2", 0, 3)]
+        assert all(t.active for t in targets), targets
+        assert await front.dialogs() == {"starting": 0, "connecting": 0, "answering": 0, "ongoing": 0, "all": 0}
+        await front.set_destinations([FrontDestination("sip:127.0.0.1:5081", "sip0-9", 4)])
+        assert [(t.duid, t.max_load) for t in await front.targets()] == [("sip0-9", 4)]
+    finally:
+        await front.stop()
+
+
+def test_front_state_parses_an_inactive_worker_with_calls():
+    text = """SET: { ID: 1 TARGETS: {
+        DEST: {
+            URI: sip:127.0.0.1:5081
+            FLAGS: IP
+            PRIORITY: 2
+            ATTRS: {
+                DUID: sip0-4
+                MAXLOAD: 4
+            }
+            RUNTIME: {
+                DLGLOAD: 3
+            }
+        }
+    } }"""
+    (t,) = parse_dispatcher_list(text)
+    assert (t.uri, t.duid, t.flags, t.load, t.max_load, t.active) == ("sip:127.0.0.1:5081", "sip0-4", "IP", 3, 4, False)
+
 FALLBACK_CHILD = """
 import asyncio, socket, sys
 from voxray.ua_node.sip.config import SipSettings
@@ -146,3 +191,8 @@ def test_a_sip_worker_whose_port_was_taken_listens_on_a_free_one():
     assert last.startswith("taken "), out.stdout[-1000:]  # "refused": the taken port failed the start
     _, taken, _, got = last.split()
     assert got != taken and int(got) > 0, last
+
+
+def test_front_dialog_stats_by_state():
+    text = "{\n\tstarting: 0\n\tconnecting: 1\n\tanswering: 2\n\tongoing: 13\n\tall: 16\n}\n"
+    assert parse_dialog_stats(text) == {"starting": 0, "connecting": 1, "answering": 2, "ongoing": 13, "all": 16}

@@ -11,6 +11,7 @@ out to them. A worker that dies takes only its own calls.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 
@@ -168,6 +169,17 @@ class UaNode:
     async def worker(self, key: str):
         """A worker's handle by its key (sip0, webrtc1, ...): for tests and the bench."""
         return self.workers[key][0]
+
+    async def front_state(self) -> dict | None:
+        """The SIP front's view (None without one): each worker's flags and the calls Kamailio
+        counts on it, which decide whether a new INVITE finds a slot; its dialogs by state;
+        and its log's tail."""
+        await asyncio.shield(self._setup)
+        if self.front is None:
+            return None
+        targets, dialogs = await asyncio.gather(self.front.targets(), self.front.dialogs())
+        return {"targets": [dataclasses.asdict(t) for t in targets], "dialogs": dialogs,
+                "log_tail": self.front.log_tail(2000)}
 
     async def worker_pids(self) -> dict[str, int | None]:
         return {k: st.pid for k, (_, st) in self.workers.items()}

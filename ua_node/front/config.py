@@ -92,6 +92,7 @@ modparam("pike", "sampling_time_unit", {s.flood_unit_s})
 modparam("pike", "reqs_density_per_unit", {s.flood_requests})
 modparam("pike", "remove_latency", {s.flood_unit_s * 2})
 modparam("dialog", "default_timeout", 43200)
+modparam("dialog", "dlg_match_mode", 1)  # the Route cookie, else Call-ID and tags
 modparam("dispatcher", "list_file", "{list_file}")
 modparam("dispatcher", "flags", 2)
 modparam("dispatcher", "ds_hash_size", 8)
@@ -131,6 +132,11 @@ request_route {{
         # A peer that ignores the route set (sends in-dialog requests to the front's own
         # address, as sipp's built-in scenarios do): the dialog knows the worker.
         if (is_known_dlg() && $dlg_var(worker) != $null) {{
+            # The dialog module sees in-dialog requests through loose_route's Route cookie;
+            # without one it never saw this peer's ACK, timed the answered dialog out after
+            # noack_timeout (70 s) and then answered the caller's BYE 481 itself: the worker
+            # kept the call and the front its load. dlg_manage matches on Call-ID and tags.
+            dlg_manage();
             $du = $dlg_var(worker);
             if (is_method("BYE")) {{
                 ds_load_update();

@@ -19,6 +19,7 @@ from pathlib import Path
 from voxray.logs import get_logger
 from voxray.ua_node.config import FrontSettings
 from voxray.ua_node.front.config import FrontDestination, dispatcher_list, kamailio_cfg
+from voxray.ua_node.front.state import FrontTarget, parse_dialog_stats, parse_dispatcher_list
 
 log = get_logger("voxray.sip.front")
 
@@ -132,6 +133,14 @@ class KamailioFront:
         self.list_path.write_text(dispatcher_list(self.destinations))
         await self._rpc("dispatcher.reload")
         log.info("sip front workers changed", extra={"workers": [d.uri for d in destinations]})
+
+    async def targets(self) -> list[FrontTarget]:
+        """Kamailio's view of the workers: in the set or not, and the calls it counts on each."""
+        return parse_dispatcher_list(await self._rpc("dispatcher.list") or "")
+
+    async def dialogs(self) -> dict[str, int]:
+        """The dialogs the front tracks, by state (starting, connecting, answering, ongoing)."""
+        return parse_dialog_stats(await self._rpc("dlg.stats_active") or "")
 
     async def set_draining(self, draining: bool) -> None:
         await self._rpc("pv.shvSet", "draining", "int", "1" if draining else "0")
