@@ -3,8 +3,9 @@
 Calls from outside: sanity checks (malformed requests answered or dropped), pike
 (flood limits per source), the trusted networks (403 otherwise), then the dispatcher
 spreads INVITEs over the SIP workers by their call load (algorithm 10, `maxload` =
-a worker's calls), failing over to the next worker on 503, on pjsua2's own 486 of a
-full worker (the load count can lag, e.g. after the node restarted) or no answer; OPTIONS
+a worker's calls; when that count says all are full, round robin: the count is a hint,
+the workers' own limits decide), failing over to the next worker on 503, on pjsua2's own
+486 of a full worker (the load count can lag, e.g. after the node restarted) or no answer; OPTIONS
 pings take a dead worker out within seconds. Requests from the workers (outbound
 calls) go where their Request-URI says. Every dialog is record-routed, so in-dialog
 requests and the call load bookkeeping pass through the front too.
@@ -119,7 +120,7 @@ request_route {{
     }}
 {_trusted_check(trusted)}    if (has_totag()) {{
         if (loose_route()) {{
-            if (is_method("BYE")) {{
+            if (is_method("BYE") && $dlg_var(counted) == "1") {{
                 ds_load_update();
             }}
             t_relay();
@@ -138,7 +139,7 @@ request_route {{
             # kept the call and the front its load. dlg_manage matches on Call-ID and tags.
             dlg_manage();
             $du = $dlg_var(worker);
-            if (is_method("BYE")) {{
+            if (is_method("BYE") && $dlg_var(counted) == "1") {{
                 ds_load_update();
             }}
             t_relay();
@@ -188,8 +189,15 @@ request_route {{
     if (is_method("INVITE")) {{
         record_route();
         dlg_manage();
-        if (!ds_select_dst("{WORKERS_SET}", "10")) {{
-            route(FULL);
+        if (ds_select_dst("{WORKERS_SET}", "10")) {{
+            $dlg_var(counted) = "1";  # in Kamailio's count until its BYE (or failure)
+        }} else if (ds_select_dst("{WORKERS_SET}", "4")) {{
+            # The count says every worker is full, but it is a hint, not the truth: a list
+            # reload zeroes it, a lost BYE keeps a call in it. The workers' own limits
+            # decide (a full one answers pjsua2's 486, and the next one is tried).
+            xlog("L_NOTICE", "voxray-front: all workers counted full; trying them anyway\n");
+        }} else {{
+            route(FULL);  # no worker in the set at all
         }}
         $dlg_var(worker) = $du;
         t_on_failure("NEXT_WORKER");
