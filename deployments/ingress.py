@@ -23,7 +23,7 @@ from voxray.deployments.registry import CallInfo, code_listing, documented_listi
 from voxray.admission import Admission, AdmissionSettings
 from voxray.config import SecuritySettings
 from voxray.media.services import ServeModelServices
-from voxray.deployments.agent_channel import DEFAULT_PING_S, AgentChannel, iso, ping_interval
+from voxray.deployments.agent_channel import DEFAULT_PING_S, AgentChannel, iso, outlive_cancel, ping_interval
 from voxray.deployments.call_dump import CallDump
 from voxray.deployments.call_media import LocalMedia
 from voxray.deployments.console import router as console_router
@@ -215,6 +215,11 @@ class Ingress:
         await self._hold(channel)
 
     async def _hold(self, call: AgentChannel) -> None:
+        # The call outlives its socket's handler, which Serve's direct ingress cancels as the
+        # socket drops: it waits for the agent to come back (resume_grace_s), then ends.
+        await outlive_cancel(self._keep(call))
+
+    async def _keep(self, call: AgentChannel) -> None:
         self.calls[call.call_id] = call
         self._count_active(call.path)
         try:

@@ -85,7 +85,7 @@ def voxray_server():
     config.admission.asr_latency_s = None
     # Logical CPUs: deployments reserve fractions that add up to ~2; a second app
     # (test_security) needs room beside the first on this 2-core machine.
-    start_ray(num_cpus=8, dashboard=False, log=lambda *_: None)
+    start_ray(num_cpus=8, dashboard=False, log=lambda *_: None, ingress_proxy=config.serve.proxy)
     try:
         deploy(config, log=lambda *_: None)
         yield f"127.0.0.1:{config.serve.port}"

@@ -23,7 +23,7 @@ def _serve(args: argparse.Namespace, then=None) -> None:
     if args.host:
         config.serve.host = args.host
     eprint("voxray: loading (first start takes a minute while models load)")
-    start_ray(args.address, num_cpus=args.num_cpus, log=eprint)
+    start_ray(args.address, num_cpus=args.num_cpus, log=eprint, ingress_proxy=config.serve.proxy)
     try:
         deploy(config, log=eprint, timeout_s=args.timeout)
         dash = dashboard_url()

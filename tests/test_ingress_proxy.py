@@ -1,0 +1,150 @@
+"""What carries HTTP and WebSockets to the Ingress replicas (cluster/ingress_proxy.py): the
+environment each choice gives Ray, and a `voxray serve` with serve.proxy = "haproxy":
+HAProxy answers on serve.port, carries calls, and a call outlives its socket's handler."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import free_port
+from tests.wsclient import CallClient
+from voxray.cluster import ingress_proxy
+from voxray.cluster.ingress_proxy import INGRESS_VARS, chosen, ingress_env
+
+
+def test_haproxy_turns_on_direct_ingress_with_calls_outliving_a_reload():
+    env = ingress_env("haproxy", embedded=False, environ={})
+    assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert int(env["RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"]) >= 3600
+    assert "RAY_SERVE_HAPROXY_STATS_PORT" not in env  # a cluster node keeps Ray's fixed ports
+    assert chosen(env) == "haproxy"
+    assert set(env) <= set(INGRESS_VARS)
+
+
+def test_an_embedded_ray_takes_free_ports_for_haproxys_stats_metrics_and_the_fallback_proxy():
+    a, b = (ingress_env("haproxy", embedded=True, environ={}) for _ in range(2))
+    ports = [int(a[k]) for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
+                                 "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")]
+    assert all(p > 1024 for p in ports) and 8404 not in ports and 9101 not in ports
+    assert a["RAY_SERVE_HAPROXY_STATS_PORT"] != b["RAY_SERVE_HAPROXY_STATS_PORT"] or \
+        a["RAY_SERVE_HAPROXY_METRICS_PORT"] != b["RAY_SERVE_HAPROXY_METRICS_PORT"]
+
+
+def test_the_operators_own_settings_win():
+    env = ingress_env("haproxy", embedded=True, environ={"RAY_SERVE_HAPROXY_STATS_PORT": "18404",
+                                                         "RAY_SERVE_ENABLE_HA_PROXY": "0"})
+    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
+    assert chosen(env) == "ray"
+
+
+def test_the_ray_proxy_switches_both_off():
+    env = ingress_env("ray", embedded=True, environ={})
+    assert env == {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0", "RAY_SERVE_ENABLE_HA_PROXY": "0"}
+
+
+def test_without_an_haproxy_binary_it_falls_back_to_the_ray_proxy(monkeypatch):
+    monkeypatch.setattr(ingress_proxy, "haproxy_available", lambda: False)
+    assert chosen(ingress_env("haproxy", embedded=True, environ={})) == "ray"
+
+
+HAPROXY_CONFIG = """
+[serve]
+proxy = "haproxy"
+[security]
+resume_grace_s = 3.0
+[ingress]
+graceful_shutdown_timeout_s = 5
+"""
+
+
+@pytest.fixture(scope="module")
+def haproxy_server(tmp_path_factory):
+    """`voxray serve` with serve.proxy = "haproxy", in a Ray of its own (Serve reads the
+    choice when Ray starts: not the session's server)."""
+    tmp = tmp_path_factory.mktemp("haproxy")
+    cfg = tmp / "voxray.toml"
+    cfg.write_text(HAPROXY_CONFIG)
+    port = free_port()
+    log = tmp / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "voxray.cli", "serve", "--config", str(cfg), "--port",
+                                 str(port), "--num-cpus", "4"], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, "RAY_ADDRESS": ""})
+    try:
+        deadline = time.monotonic() + 240
+        while "voxray: serving" not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(1)
+        yield f"127.0.0.1:{port}", log
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # voxray's own shutdown: Serve and its Ray down
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.e2e
+async def test_haproxy_answers_on_the_port_and_carries_a_call_to_its_record(haproxy_server):
+    server, log = haproxy_server
+    assert "ingress proxy: haproxy" in log.read_text(errors="replace")
+    port = int(server.rsplit(":", 1)[1])
+    listeners = [c for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    assert {psutil.Process(c.pid).name() for c in listeners if c.pid} == {"haproxy"}
+    call_id = uuid.uuid4().hex
+    client = await CallClient.connect(f"ws://{server}/call?id={call_id}")
+    try:
+        await client.send({"command": "invite", "option": {"codec": "pcm"}})
+        await client.wait_for("answer", timeout=30)
+        await client.ws.send(b"\0" * 100_000)  # far over HAProxy's 16 kB buffer: still ours to refuse
+        assert (await client.wait_for("error", timeout=30))["code"] == 413
+        await client.send({"command": "tts", "text": "Hello from behind HAProxy.", "playId": "p"})
+        await client.wait_for("trackEnd", timeout=60, playId="p")
+        await client.send({"command": "hangup"})
+        await client.wait_for("hangup", timeout=30)
+    finally:
+        await client.close()
+    # The socket's handler is cancelled as it closes: the call's end still runs, and records it.
+    assert (await _record(server, call_id))["reason"] == "hangup"
+
+
+@pytest.mark.e2e
+async def test_behind_haproxy_a_dropped_agent_resumes_within_grace(haproxy_server):
+    server, _ = haproxy_server
+    call_id = uuid.uuid4().hex
+    client = await CallClient.connect(f"ws://{server}/call?id={call_id}")
+    await client.send({"command": "invite", "option": {"codec": "pcm"}})
+    await client.wait_for("answer", timeout=30)
+    await client.send({"command": "tts", "text": "You dropped while I was talking.", "playId": "p"})
+    await client.wait_for("trackStart", timeout=30)
+    await client.ws.close()  # the agent's network blips
+    await asyncio.sleep(1.0)
+    again = await CallClient.connect(f"ws://{server}/call?id={call_id}")
+    try:
+        await again.wait_for("trackEnd", timeout=30, playId="p")  # what happened meanwhile comes first
+        await again.send({"command": "hangup"})
+        await again.wait_for("hangup", timeout=30)
+    finally:
+        await again.close()
+    assert (await _record(server, call_id))["reason"] == "hangup"
+
+
+async def _record(server: str, call_id: str) -> dict:
+    async with httpx.AsyncClient(timeout=10) as http:
+        for _ in range(50):
+            recs = (await http.get(f"http://{server}/call/records", params={"id": call_id})).json()["records"]
+            if recs:
+                return recs[0]
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"no record of call {call_id}")
