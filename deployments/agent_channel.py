@@ -8,8 +8,8 @@ any kind gets an `error` event and the call goes on.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import collections
+import contextvars
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
@@ -60,7 +60,6 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
 
 
-
 _finishing: set[asyncio.Task] = set()
 
 
@@ -73,6 +72,7 @@ async def outlive_cancel(coro) -> None:
     _finishing.add(task)
     task.add_done_callback(_finishing.discard)
     await asyncio.shield(task)
+
 
 class AgentChannel:
     def __init__(self, ws: WebSocket, call_id: str, path: str, media_factory: MediaFactory,
