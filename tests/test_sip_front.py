@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.sip_env import free_udp_port
-from tests.test_sip import peers, sip_workdir, sipp  # noqa: F401  (fixtures)
+from tests.test_sip import HERE, peers, sip_workdir, sipp  # noqa: F401  (fixtures)
 from voxray.ua_node.config import FrontSettings
 from voxray.ua_node.front.config import FrontDestination
 from voxray.ua_node.front.process import KamailioFront, kamailio_path
@@ -49,5 +49,25 @@ async def test_a_worker_the_count_calls_full_still_gets_the_call_it_can_take(tmp
         (target,) = await front.targets()
         assert target.load == 0, target  # the counted call left the count with its BYE
         assert "cannot find load" not in front.log_tail(20000)  # the uncounted one was never looked for
+    finally:
+        await front.stop()
+
+
+async def test_a_bye_from_the_worker_along_the_route_set_takes_the_call_out_of_the_count(
+        tmp_path, sip_workdir, peers):  # noqa: F811
+    """The usual end of a call: the worker (pjsua2) hangs up, its BYE routed through the
+    front by the Record-Route; the caller follows the route set too."""
+    callee_port, front_port = free_udp_port(), free_udp_port()
+    callee = await peers(sipp(HERE / "uas_hangs_up.xml", sip_workdir, port=callee_port, timeout_s=30))
+    front = KamailioFront(FrontSettings(), bind="127.0.0.1", port=front_port, public_address=None, trusted=[],
+                          retry_after_s=5, run_dir=str(tmp_path))
+    await front.start([FrontDestination(f"sip:127.0.0.1:{callee_port}", "w0-1", 4)])
+    try:
+        caller = await peers(sipp(HERE / "uac_until_bye.xml", sip_workdir, f"127.0.0.1:{front_port}", timeout_s=30))
+        assert await caller.wait(20) == 0, caller.text()[-2500:] + front.log_tail()
+        assert await callee.wait(20) == 0, callee.text()[-2500:]
+        (target,) = await front.targets()
+        assert target.load == 0, target
+        assert (await front.dialogs())["all"] == 0
     finally:
         await front.stop()
