@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import psutil
@@ -67,6 +70,24 @@ graceful_shutdown_timeout_s = 5
 """
 
 
+def _listen_port() -> int:
+    """A free port below the kernel's ephemeral range, above Ray's worker ports (to 19999)
+    and below Serve's direct-ingress replica ports (30000-31000): HAProxy binds it some 20 s
+    after the pick, while the new Ray opens hundreds of connections, and one of their local
+    ports took a port picked from the ephemeral range once (CI: "Address already in use")."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, max(20001, min(low, 30000)))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
 @pytest.fixture(scope="module")
 def haproxy_server(tmp_path_factory):
     """`voxray serve` with serve.proxy = "haproxy", in a Ray of its own (Serve reads the
@@ -74,7 +95,7 @@ def haproxy_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("haproxy")
     cfg = tmp / "voxray.toml"
     cfg.write_text(HAPROXY_CONFIG)
-    port = free_port()
+    port = _listen_port()
     log = tmp / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "voxray.cli", "serve", "--config", str(cfg), "--port",
