@@ -19,8 +19,10 @@ until HARD_STOP_AFTER_S (Ray's default, 120 s, would cut calls at every reload).
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
+from pathlib import Path
 from typing import Literal
 
 IngressProxy = Literal["haproxy", "ray"]
@@ -50,7 +52,24 @@ def haproxy_available() -> bool:
     return True
 
 
-def _free_tcp_port() -> int:
+def free_listen_port() -> int:
+    """A free TCP port for a listener bound some seconds from now (by HAProxy, once Ray is
+    up): above Ray's worker ports (to 19999), below Serve's direct-ingress replica ports
+    (30000-31000) and the kernel's ephemeral range, where the new Ray's own connections
+    could take it first."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, max(20001, min(low, 30000)))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -67,7 +86,7 @@ def ingress_env(proxy: IngressProxy, *, embedded: bool, environ: dict[str, str] 
         env["RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"] = str(HARD_STOP_AFTER_S)
         env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = str(MIN_DRAINING_S)
         if embedded:
-            env.update({name: str(_free_tcp_port()) for name in _EMBEDDED_FREE_PORTS})
+            env.update({name: str(free_listen_port()) for name in _EMBEDDED_FREE_PORTS})
     return {k: environ.get(k, v) for k, v in env.items()}
 
 
