@@ -5,6 +5,7 @@
 
 import asyncio
 import json
+import os
 import threading
 import time
 import uuid
@@ -27,6 +28,7 @@ from voxray.deployments.agent_channel import DEFAULT_PING_S, AgentChannel, iso, 
 from voxray.deployments.call_dump import CallDump
 from voxray.deployments.call_media import LocalMedia
 from voxray.deployments.console import router as console_router
+from voxray.deployments.direct_ingress import keep_calls_through_shutdown
 from voxray.providers.silero_vad import InProcessVad
 from voxray.deployments.remote_media import RemoteMedia
 from voxray.deployments.ws_receive import pace_serve_receive
@@ -70,6 +72,8 @@ class Ingress:
                  security: dict | None = None, admission: dict | None = None,
                  ua_nodes: UaNodes | None = None, agent=None) -> None:
         enable_fault_dumps()
+        if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1":
+            keep_calls_through_shutdown()  # this replica serves its WebSockets itself (serve.proxy = "haproxy")
         self.ua_nodes = ua_nodes
         self.agent = None  # the in-cluster LLM agent's handle, when deployed ([agent] enabled)
         if agent is not None:

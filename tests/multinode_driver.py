@@ -10,6 +10,8 @@ asrFinal and TTS; a new worker node joins and gets the lost replica and a UA nod
 Phase "drain": /call calls up on both replicas, the ingress scaled from 2 replicas to 1;
 the calls on the replica being removed must go on past Serve's default 20 s grace
 (speech -> asrFinal -> TTS -> hangup) while a new call lands elsewhere.
+`--proxy haproxy`: the same behind HAProxy (serve.proxy = "haproxy", Serve's direct
+ingress), where the draining replica's own server holds the calls.
 
 Prints one JSON line with what it saw; the test asserts on it. Bounded throughout.
 """
@@ -324,8 +326,9 @@ def main() -> None:
     from ray import serve
     from ray.cluster_utils import Cluster
 
+    from voxray.cluster.ingress_proxy import _EMBEDDED_FREE_PORTS, free_listen_port
     from voxray.cluster.local import deploy, shutdown
-    from voxray.cluster.ray_start import ray_env_defaults, start_ray
+    from voxray.cluster.ray_start import ingress_vars, ray_env_defaults, start_ray
     from voxray.config import VoxrayConfig
     from voxray.speech import espeak_speech
 
@@ -337,19 +340,27 @@ def main() -> None:
     # Ray processes the Cluster starts from here).
     os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = "0"
     os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_AZ_ROUTING"] = "0"
+    proxy = sys.argv[sys.argv.index("--proxy") + 1] if "--proxy" in sys.argv else "ray"
+    if proxy == "haproxy":
+        # Free ports for HAProxy's stats and metrics and the fallback proxy, as an embedded
+        # Ray gets them (start_ray keeps a variable set here).
+        os.environ.update({name: str(free_listen_port()) for name in _EMBEDDED_FREE_PORTS})
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=4)
     out: dict = {}
     try:
-        start_ray(address=cluster.address, log=log)
+        start_ray(address=cluster.address, log=log, ingress_proxy=proxy)
         cluster.wait_for_nodes()
         config = VoxrayConfig()
+        config.serve.proxy = proxy
         config.serve.host, config.serve.port = "127.0.0.1", free_port()
         config.ingress.min_replicas = config.ingress.max_replicas = 2
         config.ingress.max_replicas_per_node = 1  # one per node: calls land on both
         # One HTTP proxy (on the head) for both replicas; two would share one loopback port.
+        ingress = ingress_vars()
         serve.start(proxy_location="HeadOnly",
-                    http_options={"host": config.serve.host, "port": config.serve.port})
+                    http_options={"host": config.serve.host, "port": config.serve.port},
+                    controller_options={"runtime_env": {"env_vars": ingress}} if ingress else None)
         deploy(config, log=log)
         server = f"127.0.0.1:{config.serve.port}"
         speech = espeak_speech(SENTENCE, 16000)

@@ -23,17 +23,27 @@ ROOT = Path(__file__).resolve().parent.parent
 DRIVER_TIMEOUT_S = 600
 
 
-@pytest.fixture(scope="module")
-def multinode() -> dict:
+def run_driver(*args: str) -> dict:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "multinode_driver.py")], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "multinode_driver.py"), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert lines, f"driver printed no result (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
     out = json.loads(lines[-1])
     assert "error" not in out, f"{out['error']}\n{proc.stderr[-3000:]}"
     return out
+
+
+@pytest.fixture(scope="module")
+def multinode() -> dict:
+    return run_driver()
+
+
+@pytest.fixture(scope="module")
+def multinode_haproxy() -> dict:
+    """The drain phase again behind HAProxy (serve.proxy = "haproxy")."""
+    return run_driver("--proxy", "haproxy", "--no-node-loss")
 
 
 def test_calls_spread_over_both_nodes_and_their_ua_nodes(multinode):
@@ -71,7 +81,16 @@ def test_a_lost_node_ends_its_calls_and_the_rest_go_on(multinode):
 
 
 def test_replicas_scaled_down_finish_their_calls(multinode):
-    drain = multinode["drain"]
+    check_drain(multinode["drain"])
+
+
+def test_behind_haproxy_replicas_scaled_down_finish_their_calls(multinode_haproxy):
+    # The leaving replica serves its sockets itself there (Serve's direct ingress): before
+    # deployments/direct_ingress.py its server's shutdown closed them with 1012.
+    check_drain(multinode_haproxy["drain"])
+
+
+def check_drain(drain: dict) -> None:
     assert not drain["redeploy_error"], drain
     assert len(drain["replicas_before"]) == 2 and len(drain["replicas_after"]) == 1, drain
     # Serve either replaces both old replicas (when it reads the redeploy as new code) or
