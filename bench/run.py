@@ -43,7 +43,6 @@ import json
 import os
 import platform
 import random
-import socket
 import sys
 import threading
 import time
@@ -457,9 +456,11 @@ async def run_level(url: str, audio: CallerAudio, calls: int, rounds: int, seed:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """The app's port: free now, bound once Ray is up (by HAProxy or Serve's proxy), so
+    taken outside the ephemeral range the new Ray's own connections draw from."""
+    from voxray.cluster.ingress_proxy import free_listen_port
+
+    return free_listen_port()
 
 
 def refuse_other_cluster() -> None:

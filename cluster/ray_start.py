@@ -23,10 +23,10 @@ def ray_env_defaults() -> None:
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None,
-              dashboard: bool = True, log=print, ingress_proxy: IngressProxy = "ray") -> None:
+              dashboard: bool = True, log=print, ingress_proxy: IngressProxy = "haproxy") -> None:
     """Join the cluster at `address` (or RAY_ADDRESS), else start an embedded one.
 
-    `ingress_proxy` (serve.proxy) picks what carries HTTP and WebSockets to the Ingress
+    `ingress_proxy` (serve.proxy, same default) picks what carries HTTP and WebSockets to the Ingress
     replicas (cluster/ingress_proxy.py); Serve reads it at import, so it is set here, in
     the job's environment for every Ray process (and the Serve controller's, `deploy`).
     """

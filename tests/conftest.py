@@ -69,8 +69,10 @@ def voxray_server():
     from voxray.cluster.ray_start import start_ray
     from voxray.config import VoxrayConfig
 
+    from voxray.cluster.ingress_proxy import free_listen_port
+
     config = VoxrayConfig()
-    config.serve.port = free_port()
+    config.serve.port = free_listen_port()  # bound later, by HAProxy: outside the ephemeral range
     config.serve.host = "127.0.0.1"
     from tests.sip_env import SIP_ENV  # SIP on free loopback ports, for tests/test_sip.py
 

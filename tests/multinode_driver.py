@@ -10,8 +10,9 @@ asrFinal and TTS; a new worker node joins and gets the lost replica and a UA nod
 Phase "drain": /call calls up on both replicas, the ingress scaled from 2 replicas to 1;
 the calls on the replica being removed must go on past Serve's default 20 s grace
 (speech -> asrFinal -> TTS -> hangup) while a new call lands elsewhere.
-`--proxy haproxy`: the same behind HAProxy (serve.proxy = "haproxy", Serve's direct
-ingress), where the draining replica's own server holds the calls.
+`--proxy ray|haproxy` picks what carries the sockets (serve.proxy; default: its default):
+behind HAProxy (Serve's direct ingress) the draining replica's own server holds the calls,
+behind Serve's proxy actor the proxy does.
 
 Prints one JSON line with what it saw; the test asserts on it. Bounded throughout.
 """
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tests.conftest import SENTENCE, free_port  # noqa: E402
+from tests.conftest import SENTENCE  # noqa: E402
 from tests.wsclient import CallClient  # noqa: E402
 
 CALL_TIMEOUT_S = 90.0
@@ -340,7 +341,7 @@ def main() -> None:
     # Ray processes the Cluster starts from here).
     os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = "0"
     os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_AZ_ROUTING"] = "0"
-    proxy = sys.argv[sys.argv.index("--proxy") + 1] if "--proxy" in sys.argv else "ray"
+    proxy = sys.argv[sys.argv.index("--proxy") + 1] if "--proxy" in sys.argv else VoxrayConfig().serve.proxy
     if proxy == "haproxy":
         # Free ports for HAProxy's stats and metrics and the fallback proxy, as an embedded
         # Ray gets them (start_ray keeps a variable set here).
@@ -353,7 +354,7 @@ def main() -> None:
         cluster.wait_for_nodes()
         config = VoxrayConfig()
         config.serve.proxy = proxy
-        config.serve.host, config.serve.port = "127.0.0.1", free_port()
+        config.serve.host, config.serve.port = "127.0.0.1", free_listen_port()
         config.ingress.min_replicas = config.ingress.max_replicas = 2
         config.ingress.max_replicas_per_node = 1  # one per node: calls land on both
         # One HTTP proxy (on the head) for both replicas; two would share one loopback port.

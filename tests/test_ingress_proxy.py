@@ -1,6 +1,7 @@
 """What carries HTTP and WebSockets to the Ingress replicas (cluster/ingress_proxy.py): the
-environment each choice gives Ray, and a `voxray serve` with serve.proxy = "haproxy":
-HAProxy answers on serve.port, carries calls, and a call outlives its socket's handler."""
+environment each choice gives Ray; the session's app answers through the default (HAProxy),
+and a `voxray serve` with the other one (Serve's proxy actor) answers on serve.port, carries
+calls, and a call outlives its socket's handler, as the whole suite checks for the default."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import pytest
 from tests.wsclient import CallClient
 from voxray.cluster import ingress_proxy
 from voxray.cluster.ingress_proxy import INGRESS_VARS, chosen, free_listen_port, ingress_env
+from voxray.cluster.ray_start import ingress_vars
+from voxray.config import VoxrayConfig
 
 
 def test_haproxy_turns_on_direct_ingress_with_calls_outliving_a_reload():
@@ -56,9 +59,14 @@ def test_without_an_haproxy_binary_it_falls_back_to_the_ray_proxy(monkeypatch):
     assert chosen(ingress_env("haproxy", embedded=True, environ={})) == "ray"
 
 
-HAPROXY_CONFIG = """
+DEFAULT = VoxrayConfig().serve.proxy
+OTHER = "ray" if DEFAULT == "haproxy" else "haproxy"
+# What listens on serve.port for each choice: HAProxy, or the Serve proxy actor's process.
+LISTENER = {"haproxy": "haproxy", "ray": "ProxyActor"}
+
+OTHER_CONFIG = f"""
 [serve]
-proxy = "haproxy"
+proxy = "{OTHER}"
 [security]
 resume_grace_s = 3.0
 [ingress]
@@ -66,13 +74,30 @@ graceful_shutdown_timeout_s = 5
 """
 
 
+def listener_of(server: str) -> set[str]:
+    port = int(server.rsplit(":", 1)[1])
+    listeners = [c for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    found = set()
+    for c in listeners:
+        if c.pid:
+            cmd = " ".join(psutil.Process(c.pid).cmdline())
+            found |= {name for name in LISTENER.values() if name in cmd}
+    return found
+
+
+@pytest.mark.e2e
+def test_the_sessions_app_answers_through_the_default_proxy(voxray_server):
+    assert DEFAULT == "haproxy" and chosen(ingress_vars()) == "haproxy"
+    assert listener_of(voxray_server) == {LISTENER[DEFAULT]}
+
+
 @pytest.fixture(scope="module")
-def haproxy_server(tmp_path_factory):
-    """`voxray serve` with serve.proxy = "haproxy", in a Ray of its own (Serve reads the
-    choice when Ray starts: not the session's server)."""
-    tmp = tmp_path_factory.mktemp("haproxy")
+def other_server(tmp_path_factory):
+    """`voxray serve` with the proxy that is not the default, in a Ray of its own (Serve
+    reads the choice when Ray starts: not the session's server)."""
+    tmp = tmp_path_factory.mktemp("other_proxy")
     cfg = tmp / "voxray.toml"
-    cfg.write_text(HAPROXY_CONFIG)
+    cfg.write_text(OTHER_CONFIG)
     port = free_listen_port()  # bound ~20 s later, while the new Ray opens its connections
     log = tmp / "serve.log"
     with open(log, "wb") as out:
@@ -95,12 +120,10 @@ def haproxy_server(tmp_path_factory):
 
 
 @pytest.mark.e2e
-async def test_haproxy_answers_on_the_port_and_carries_a_call_to_its_record(haproxy_server):
-    server, log = haproxy_server
-    assert "ingress proxy: haproxy" in log.read_text(errors="replace")
-    port = int(server.rsplit(":", 1)[1])
-    listeners = [c for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
-    assert {psutil.Process(c.pid).name() for c in listeners if c.pid} == {"haproxy"}
+async def test_the_other_proxy_answers_on_the_port_and_carries_a_call_to_its_record(other_server):
+    server, log = other_server
+    assert f"ingress proxy: {OTHER}" in log.read_text(errors="replace")
+    assert listener_of(server) == {LISTENER[OTHER]}
     call_id = uuid.uuid4().hex
     client = await CallClient.connect(f"ws://{server}/call?id={call_id}")
     try:
@@ -108,7 +131,7 @@ async def test_haproxy_answers_on_the_port_and_carries_a_call_to_its_record(hapr
         await client.wait_for("answer", timeout=30)
         await client.ws.send(b"\0" * 100_000)  # far over HAProxy's 16 kB buffer: still ours to refuse
         assert (await client.wait_for("error", timeout=30))["code"] == 413
-        await client.send({"command": "tts", "text": "Hello from behind HAProxy.", "playId": "p"})
+        await client.send({"command": "tts", "text": f"Hello from behind the {OTHER} proxy.", "playId": "p"})
         await client.wait_for("trackEnd", timeout=60, playId="p")
         await client.send({"command": "hangup"})
         await client.wait_for("hangup", timeout=30)
@@ -119,8 +142,8 @@ async def test_haproxy_answers_on_the_port_and_carries_a_call_to_its_record(hapr
 
 
 @pytest.mark.e2e
-async def test_behind_haproxy_a_dropped_agent_resumes_within_grace(haproxy_server):
-    server, _ = haproxy_server
+async def test_behind_the_other_proxy_a_dropped_agent_resumes_within_grace(other_server):
+    server, _ = other_server
     call_id = uuid.uuid4().hex
     client = await CallClient.connect(f"ws://{server}/call?id={call_id}")
     await client.send({"command": "invite", "option": {"codec": "pcm"}})

@@ -41,9 +41,10 @@ def multinode() -> dict:
 
 
 @pytest.fixture(scope="module")
-def multinode_haproxy() -> dict:
-    """The drain phase again behind HAProxy (serve.proxy = "haproxy")."""
-    return run_driver("--proxy", "haproxy", "--no-node-loss")
+def multinode_ray_proxy() -> dict:
+    """The drain phase again behind Serve's proxy actor (serve.proxy = "ray"; the default
+    is HAProxy)."""
+    return run_driver("--proxy", "ray", "--no-node-loss")
 
 
 def test_calls_spread_over_both_nodes_and_their_ua_nodes(multinode):
@@ -81,13 +82,14 @@ def test_a_lost_node_ends_its_calls_and_the_rest_go_on(multinode):
 
 
 def test_replicas_scaled_down_finish_their_calls(multinode):
+    # Behind HAProxy (the default) the leaving replica serves its sockets itself (Serve's
+    # direct ingress): before deployments/direct_ingress.py its server's shutdown closed
+    # them with 1012.
     check_drain(multinode["drain"])
 
 
-def test_behind_haproxy_replicas_scaled_down_finish_their_calls(multinode_haproxy):
-    # The leaving replica serves its sockets itself there (Serve's direct ingress): before
-    # deployments/direct_ingress.py its server's shutdown closed them with 1012.
-    check_drain(multinode_haproxy["drain"])
+def test_behind_the_ray_proxy_replicas_scaled_down_finish_their_calls(multinode_ray_proxy):
+    check_drain(multinode_ray_proxy["drain"])
 
 
 def check_drain(drain: dict) -> None:

@@ -126,10 +126,10 @@ class ServeConfig(BaseModel):
     app_name: str = "voxray"
     route_prefix: str = "/"
     proxy: Literal["ray", "haproxy"] = Field(
-        "ray", description="what carries HTTP and WebSockets to the Ingress replicas: Serve's Python proxy "
-        "actor, or HAProxy in front of replicas that serve HTTP themselves (Serve's direct ingress: half the "
-        "media plane's CPU, but an Ingress replica that leaves closes its calls; falls back to 'ray' without "
-        "an HAProxy binary). Read when Ray starts (cluster/ingress_proxy.py)")
+        "haproxy", description="what carries HTTP and WebSockets to the Ingress replicas: HAProxy in front of "
+        "replicas that serve HTTP themselves (Serve's direct ingress: half the media plane's CPU of Serve's "
+        "Python proxy actor, 'ray'; falls back to 'ray' without an HAProxy binary). Read when Ray starts "
+        "(cluster/ingress_proxy.py)")
 
 
 class IceServer(BaseModel):
