@@ -100,9 +100,11 @@ def table(runs: list[dict], calls: int) -> str:
         mine = [r for r in runs if r["proxy"] == proxy]
         if not mine:
             continue
-        pooled = {k: sorted(v for r in mine for v in r["turns"][k]) for k in ("asr_ms", "tts_ms")}
-        p95 = {k: (v[min(len(v) - 1, int(0.95 * len(v)))] if v else None) for k, v in pooled.items()}
-        p50 = {k: (statistics.median(v) if v else None) for k, v in pooled.items()}
+        from bench.run import pct  # as bench/run.py takes them per run, over both runs' turns
+
+        pooled = {k: [v for r in mine for v in r["turns"][k]] for k in ("asr_ms", "tts_ms")}
+        p95 = {k: pct(v, 95) for k, v in pooled.items()}
+        p50 = {k: pct(v, 50) for k, v in pooled.items()}
         row = (f"{proxy:<8} {'all':>3} {_f(p50['asr_ms']):>8} {_f(p95['asr_ms']):>8} {_f(p50['tts_ms']):>9} "
                f"{_f(p95['tts_ms']):>9} {sum(r['turns']['dropped'] for r in mine):>4}")
         for j in range(len(mine[0]["planes"])):

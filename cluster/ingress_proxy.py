@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -38,8 +39,14 @@ MIN_DRAINING_S = 5
 # so that two instances on one machine (tests, a bench beside a demo) do not collide.
 _EMBEDDED_FREE_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
                         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
+# HAProxy's config, sockets and state: Serve's default is one /tmp/haproxy-serve for every
+# user of a machine (then a per-node folder), so a second user's Ray (a second voxray,
+# `ray up` onto a machine that runs another) fails to create its folder there. Per user.
+_HAPROXY_FILES = {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg", "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
+                  "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "", "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
+                  "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock"}
 INGRESS_VARS = ("RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S",
-                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", *_EMBEDDED_FREE_PORTS)
+                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", *_EMBEDDED_FREE_PORTS, *_HAPROXY_FILES)
 
 
 def haproxy_available() -> bool:
@@ -85,6 +92,10 @@ def ingress_env(proxy: IngressProxy, *, embedded: bool, environ: dict[str, str] 
     if proxy == "haproxy":
         env["RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"] = str(HARD_STOP_AFTER_S)
         env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = str(MIN_DRAINING_S)
+        # The user starting Ray here is the one its processes run as (on every node of a
+        # cluster started the same way).
+        base = Path(tempfile.gettempdir()) / f"voxray-haproxy-{os.getuid()}"
+        env.update({name: str(base / leaf) if leaf else str(base) for name, leaf in _HAPROXY_FILES.items()})
         if embedded:
             env.update({name: str(free_listen_port()) for name in _EMBEDDED_FREE_PORTS})
     return {k: environ.get(k, v) for k, v in env.items()}

@@ -31,6 +31,10 @@ def test_haproxy_turns_on_direct_ingress_with_calls_outliving_a_reload():
     assert "RAY_SERVE_HAPROXY_STATS_PORT" not in env  # a cluster node keeps Ray's fixed ports
     assert chosen(env) == "haproxy"
     assert set(env) <= set(INGRESS_VARS)
+    # HAProxy's files in a folder of this user's (Serve's default is shared by all users)
+    assert env["RAY_SERVE_HAPROXY_SOCKET_PATH"].endswith(f"/voxray-haproxy-{os.getuid()}/admin.sock")
+    assert all(f"voxray-haproxy-{os.getuid()}" in env[k] for k in INGRESS_VARS if "_PATH" in k or "_FILE" in k
+               or "_BASE" in k)
 
 
 def test_an_embedded_ray_takes_free_ports_for_haproxys_stats_metrics_and_the_fallback_proxy():
