@@ -6,8 +6,9 @@ import asyncio
 import wave
 from pathlib import Path
 
-import httpx
 import numpy as np
+
+from tests.records import call_record
 
 
 async def wait_for_file(path: Path, timeout_s: float = 20.0) -> None:
@@ -43,10 +44,5 @@ async def assert_recorded(server: str, call_id: str, path: Path, caller_s: float
     assert rate == 16000
     assert loud_seconds(left, rate) >= caller_s, f"caller barely audible: {loud_seconds(left, rate):.2f} s"
     assert loud_seconds(right, rate) >= agent_s, f"agent barely audible: {loud_seconds(right, rate):.2f} s"
-    async with httpx.AsyncClient(timeout=10) as http:
-        for _ in range(50):
-            recs = (await http.get(f"http://{server}/call/records", params={"id": call_id})).json()["records"]
-            if recs:
-                break
-            await asyncio.sleep(0.2)
-    assert recs and recs[0]["recording"] == str(path.resolve()), recs
+    rec = await call_record(server, call_id)
+    assert rec and rec["recording"] == str(path.resolve()), rec

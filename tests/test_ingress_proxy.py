@@ -13,10 +13,10 @@ import sys
 import time
 import uuid
 
-import httpx
 import psutil
 import pytest
 
+from tests.records import call_record
 from tests.wsclient import CallClient
 from voxray.cluster import ingress_proxy
 from voxray.cluster.ingress_proxy import INGRESS_VARS, chosen, free_listen_port, ingress_env
@@ -167,10 +167,6 @@ async def test_behind_the_other_proxy_a_dropped_agent_resumes_within_grace(other
 
 
 async def _record(server: str, call_id: str) -> dict:
-    async with httpx.AsyncClient(timeout=10) as http:
-        for _ in range(50):
-            recs = (await http.get(f"http://{server}/call/records", params={"id": call_id})).json()["records"]
-            if recs:
-                return recs[0]
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"no record of call {call_id}")
+    rec = await call_record(server, call_id)
+    assert rec, f"no record of call {call_id}"
+    return rec

@@ -9,12 +9,11 @@ per test on 2 cores. Run alone: .venv/bin/python -m pytest -q tests/test_llm_age
 
 from __future__ import annotations
 
-import asyncio
 
-import httpx
 import pytest
 
 from tests.chat_stub import ChatStub, Reply
+from tests.records import call_record
 from voxray.agents.llm.chat_stream import ChatClient
 from voxray.agents.llm.playbook import parse_playbook
 from voxray.agents.llm.runner import run_agent
@@ -61,13 +60,9 @@ def script(req: dict) -> Reply:
 
 
 async def _record(server: str, call_id: str) -> dict:
-    async with httpx.AsyncClient(base_url=f"http://{server}") as http:
-        for _ in range(100):
-            recs = (await http.get("/call/records", params={"id": call_id})).json()["records"]
-            if recs and recs[0]["notes"]:
-                return recs[0]
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"no record with notes for {call_id}")
+    rec = await call_record(server, call_id, ready=lambda r: bool(r["notes"]))
+    assert rec, f"no record with notes for {call_id}"
+    return rec
 
 
 async def test_llm_agent_holds_a_spoken_call_and_files_its_summary(voxray_server, tmp_path):

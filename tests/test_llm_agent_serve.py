@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from tests.chat_stub import ChatStub, Reply
+from tests.records import call_record
 from tests.sip_env import SIP_ENV
 from tests.test_sip import Peer, render, sipp, webhook  # noqa: F401 (fixture); skips where pjsua2 or sipp is missing
 from voxray.config import Scaling, VoxrayConfig
@@ -117,13 +118,11 @@ async def _agent_result(call_id: str, timeout: float = 60.0) -> dict:
             await asyncio.sleep(0.5)
 
 
-async def _record(http: httpx.AsyncClient, call_id: str) -> dict:
-    for _ in range(100):
-        recs = (await http.get(f"{PREFIX}/call/records", params={"id": call_id})).json()["records"]
-        if recs and recs[0]["notes"].get("summary"):
-            return recs[0]
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"no call record with a summary for {call_id}: {recs}")
+async def _record(server: str, call_id: str) -> dict:
+    rec = await call_record(f"{server}{PREFIX}", call_id, token=TOKEN, ready=lambda r: bool(r["notes"].get("summary")),
+                            timeout_s=20.0)
+    assert rec, f"no call record with a summary for {call_id}"
+    return rec
 
 
 async def test_inbound_sip_call_is_answered_by_the_in_cluster_llm_agent(
@@ -190,7 +189,7 @@ async def test_inbound_sip_call_is_answered_by_the_in_cluster_llm_agent(
                 assert out["hangup_reason"] == "caller said goodbye"
                 # The summary: one more model request (not streamed), filed on this app's call record.
                 assert out["summary"] == SUMMARY and out["summary_written"], out
-                rec = await _record(http, call_id)
+                rec = await _record(voxray_server, call_id)
                 assert rec["path"] == "/call/sip" and rec["initiator"] == "agent", rec
                 assert rec["notes"]["summary"] == SUMMARY and "Caller:" in rec["notes"]["transcript"]
 

@@ -9,6 +9,7 @@ import httpx
 import pytest
 import websockets
 
+from tests.records import call_record
 from tests.wsclient import CallClient
 from voxray.deployments.auth import TokenGuard
 
@@ -97,13 +98,8 @@ async def test_the_api_schema_and_its_page_need_the_token_too(secure_server):
 
 
 async def _records(server: str, call_id: str) -> list[dict]:
-    async with httpx.AsyncClient(base_url=f"http://{server}") as http:
-        for _ in range(50):
-            recs = (await http.get("/call/records", params={"id": call_id, "token": TOKEN})).json()["records"]
-            if recs:
-                return recs
-            await asyncio.sleep(0.1)
-    return []
+    rec = await call_record(server, call_id, token=TOKEN, timeout_s=5.0, interval_s=0.1)
+    return [rec] if rec else []
 
 
 async def test_every_call_leaves_a_record(secure_server):

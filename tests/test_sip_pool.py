@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import SENTENCE
 from tests.sip_env import SIP_ENV
 from tests.test_models import wer
+from tests.records import call_record
 from tests.test_sip import (  # noqa: F401  (fixtures)
     SIPP_PCAPS, _agent, capture_rtp, decode_rtp, peers, render, rtp_packets, sip_request, sip_workdir, sipp,
     speech_alaw, udp_exchange, webhook,
@@ -196,16 +197,9 @@ async def test_a_killed_worker_ends_only_its_calls_and_comes_back(
     finally:
         for c in clients:
             await c.close()
-    import httpx
-
-    async with httpx.AsyncClient() as http:
-        for cid in lost:  # each lost call has its record, with the reason
-            for _ in range(50):
-                recs = (await http.get(f"http://{voxray_server}/call/records", params={"id": cid})).json()["records"]
-                if recs:
-                    break
-                await asyncio.sleep(0.2)
-            assert recs and recs[0]["reason"] == "ua_worker_lost", (cid, recs)
+    for cid in lost:  # each lost call has its record, with the reason
+        rec = await call_record(voxray_server, cid)
+        assert rec and rec["reason"] == "ua_worker_lost", (cid, rec)
 
 
 async def test_a_full_worker_passes_the_call_to_the_next_one(voxray_server, webhook, sip_workdir, peers):  # noqa: F811
