@@ -75,7 +75,10 @@ async def test_volume_scales_the_synthesized_voice(voxray_server):
         _, normal, _ = await _say(client, text, "v5", option={"volume": 5})
         _, quiet, _ = await _say(client, text, "v2", option={"volume": 2})
         ratio = _rms(normal) / _rms(quiet)
-        assert 2.2 < ratio < 2.8, ratio  # gain volume/5: 5 -> 1.0, 2 -> 0.4
+        # Gain volume/5: 5 -> 1.0, 2 -> 0.4, a ratio of 2.5 for the same audio. Piper samples
+        # its noise afresh each time, so two syntheses of one sentence differ in loudness:
+        # 2.2-2.6 over four pairs here, 2.17 in a CI run. No gain would give ~1, a squared one 6.
+        assert 1.9 < ratio < 3.2, ratio
     finally:
         await client.close()
 
