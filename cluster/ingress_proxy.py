@@ -82,6 +82,12 @@ def free_listen_port() -> int:
         return s.getsockname()[1]
 
 
+def embedded_ports() -> dict[str, str]:
+    """Free ports for HAProxy's stats and exporter and Serve's fallback proxy, for a Ray
+    started on this machine (a cluster's nodes keep Ray's fixed ones)."""
+    return {name: str(free_listen_port()) for name in _EMBEDDED_FREE_PORTS}
+
+
 def ingress_env(proxy: IngressProxy, *, embedded: bool, environ: dict[str, str] | None = None) -> dict[str, str]:
     """The variables every Ray process needs for `proxy`; ones the operator set are kept."""
     environ = os.environ if environ is None else environ
@@ -97,7 +103,7 @@ def ingress_env(proxy: IngressProxy, *, embedded: bool, environ: dict[str, str] 
         base = Path(tempfile.gettempdir()) / f"voxray-haproxy-{os.getuid()}"
         env.update({name: str(base / leaf) if leaf else str(base) for name, leaf in _HAPROXY_FILES.items()})
         if embedded:
-            env.update({name: str(free_listen_port()) for name in _EMBEDDED_FREE_PORTS})
+            env.update(embedded_ports())
     return {k: environ.get(k, v) for k, v in env.items()}
 
 

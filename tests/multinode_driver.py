@@ -327,7 +327,7 @@ def main() -> None:
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    from voxray.cluster.ingress_proxy import _EMBEDDED_FREE_PORTS, free_listen_port
+    from voxray.cluster.ingress_proxy import embedded_ports, free_listen_port
     from voxray.cluster.local import deploy, shutdown
     from voxray.cluster.ray_start import ingress_vars, ray_env_defaults, start_ray
     from voxray.config import VoxrayConfig
@@ -345,7 +345,7 @@ def main() -> None:
     if proxy == "haproxy":
         # Free ports for HAProxy's stats and metrics and the fallback proxy, as an embedded
         # Ray gets them (start_ray keeps a variable set here).
-        os.environ.update({name: str(free_listen_port()) for name in _EMBEDDED_FREE_PORTS})
+        os.environ.update(embedded_ports())
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=4)
     out: dict = {}

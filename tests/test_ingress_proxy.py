@@ -5,7 +5,6 @@ calls, and a call outlives its socket's handler, as the whole suite checks for t
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -150,12 +149,7 @@ async def test_behind_the_other_proxy_a_dropped_agent_resumes_within_grace(other
     server, _ = other_server
     call_id = uuid.uuid4().hex
     client = await CallClient.connect(f"ws://{server}/call?id={call_id}")
-    await client.send({"command": "invite", "option": {"codec": "pcm"}})
-    await client.wait_for("answer", timeout=30)
-    await client.send({"command": "tts", "text": "You dropped while I was talking.", "playId": "p"})
-    await client.wait_for("trackStart", timeout=30)
-    await client.ws.close()  # the agent's network blips
-    await asyncio.sleep(1.0)
+    await client.answer_then_drop_mid_track("p")
     again = await CallClient.connect(f"ws://{server}/call?id={call_id}")
     try:
         await again.wait_for("trackEnd", timeout=30, playId="p")  # what happened meanwhile comes first

@@ -120,12 +120,7 @@ async def test_every_call_leaves_a_record(secure_server):
 
 async def test_dropped_agent_resumes_within_grace(secure_server):
     client = await _call(secure_server, "resume-1")
-    await client.send({"command": "invite", "option": {"codec": "pcm"}})
-    await client.wait_for("answer", timeout=15)
-    await client.send({"command": "tts", "text": "You dropped while I was talking.", "playId": "p"})
-    await client.wait_for("trackStart", timeout=20)
-    await client.ws.close()  # the agent's network blips
-    await asyncio.sleep(1.0)
+    await client.answer_then_drop_mid_track("p", answer_timeout_s=15, start_timeout_s=20)
     again = await _call(secure_server, "resume-1")
     # Events from while it was away arrive first (the track ended meanwhile).
     end = await again.wait_for("trackEnd", timeout=10, playId="p")

@@ -93,6 +93,17 @@ class CallClient:
                     await asyncio.sleep(delay)
         return time.monotonic()
 
+    async def answer_then_drop_mid_track(self, play_id: str = "p", answer_timeout_s: float = 30,
+                                         start_timeout_s: float = 30) -> None:
+        """A pcm call answered, a `tts` track started, and then the agent's network blips:
+        the socket closes while the track plays, and a second goes by before anything else."""
+        await self.send({"command": "invite", "option": {"codec": "pcm"}})
+        await self.wait_for("answer", timeout=answer_timeout_s)
+        await self.send({"command": "tts", "text": "You dropped while I was talking.", "playId": play_id})
+        await self.wait_for("trackStart", timeout=start_timeout_s)
+        await self.ws.close()
+        await asyncio.sleep(1.0)
+
     def audio_pcm(self) -> np.ndarray:
         return np.frombuffer(b"".join(f for _, f in self.audio), dtype="<i2")
 
