@@ -59,33 +59,50 @@ def haproxy_available() -> bool:
     return True
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_listen_port() -> int:
     """A free TCP port for a listener bound some seconds from now (by HAProxy, once Ray is
     up): above Ray's worker ports (to 19999), below Serve's direct-ingress replica ports
     (30000-31000) and the kernel's ephemeral range, where the new Ray's own connections
     could take it first."""
+    return free_listen_ports(1)[0]
+
+
+def free_listen_ports(count: int) -> list[int]:
+    """`count` distinct ports as free_listen_port() picks them: asking one at a time can
+    give the same port twice (nothing holds it between the asks), which Ray refuses. Nor is
+    a port given twice in one process: the serve port picked first stays unbound until
+    HAProxy starts, after the embedded ports are picked."""
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768
     rng = random.Random()
-    for _ in range(200):
+    ports: list[int] = []
+    tries = 200 * count
+    while len(ports) < count:
+        tries -= 1
+        if tries < 0:
+            raise RuntimeError(f"no {count} free ports between 20000 and {min(low, 30000)}")
         port = rng.randrange(20000, max(20001, min(low, 30000)))
+        if port in ports or port in _HANDED_OUT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        ports.append(port)
+    _HANDED_OUT.update(ports)
+    return ports
 
 
 def embedded_ports() -> dict[str, str]:
     """Free ports for HAProxy's stats and exporter and Serve's fallback proxy, for a Ray
     started on this machine (a cluster's nodes keep Ray's fixed ones)."""
-    return {name: str(free_listen_port()) for name in _EMBEDDED_FREE_PORTS}
+    return {name: str(port) for name, port in zip(_EMBEDDED_FREE_PORTS, free_listen_ports(len(_EMBEDDED_FREE_PORTS)))}
 
 
 def ingress_env(proxy: IngressProxy, *, embedded: bool, environ: dict[str, str] | None = None) -> dict[str, str]:

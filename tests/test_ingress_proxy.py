@@ -18,7 +18,8 @@ import pytest
 from tests.records import call_record
 from tests.wsclient import CallClient
 from voxray.cluster import ingress_proxy
-from voxray.cluster.ingress_proxy import INGRESS_VARS, chosen, free_listen_port, ingress_env
+from voxray.cluster.ingress_proxy import (INGRESS_VARS, chosen, embedded_ports, free_listen_port, free_listen_ports,
+                                          ingress_env)
 from voxray.cluster.ray_start import ingress_vars
 from voxray.config import VoxrayConfig
 
@@ -43,6 +44,14 @@ def test_an_embedded_ray_takes_free_ports_for_haproxys_stats_metrics_and_the_fal
     assert all(20000 <= p < 30000 for p in ports), ports  # not Ray's, not Serve's replicas', not ephemeral
     assert a["RAY_SERVE_HAPROXY_STATS_PORT"] != b["RAY_SERVE_HAPROXY_STATS_PORT"] or \
         a["RAY_SERVE_HAPROXY_METRICS_PORT"] != b["RAY_SERVE_HAPROXY_METRICS_PORT"]
+
+
+def test_free_ports_are_never_handed_out_twice():
+    # A CI run's `ray up` got one port for its GCS and its dashboard from two separate asks
+    # and refused to start; the serve port is likewise picked before the embedded ones.
+    serve = free_listen_port()
+    many = free_listen_ports(300) + [int(p) for p in embedded_ports().values()]
+    assert len(set(many)) == len(many) and serve not in many
 
 
 def test_the_operators_own_settings_win():

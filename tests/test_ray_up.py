@@ -25,6 +25,7 @@ import yaml
 from tests.conftest import SENTENCE, free_port
 from tests.test_models import wer
 from tests.wsclient import CallClient
+from voxray.cluster.ingress_proxy import free_listen_ports
 
 pytestmark = pytest.mark.e2e
 
@@ -135,7 +136,8 @@ def cluster(ssh_head):
     done = _run(["git", "clone", "--quiet", str(ROOT), str(clone)])
     assert done.returncode == 0, done.stderr
     assert not (clone / ".venv").exists()
-    ports = {k: free_port() for k in ("gcs", "dashboard", "agent", "client", "serve")}
+    names = ("gcs", "dashboard", "agent", "client", "serve")
+    ports = dict(zip(names, free_listen_ports(len(names))))  # distinct: Ray refuses one port for two parts
     config = work / "cluster-test.toml"
     toml = (clone / "examples" / "cluster.toml").read_text()
     assert 'host = "0.0.0.0"' in toml and "port = 8000" in toml
