@@ -101,7 +101,9 @@ async def measure(app_name: str = "voxray", n: int = 200, n_model: int = 20, log
     from voxray.cluster.placement import local_ua_node
     from voxray.media.messages import AsrRequest, TtsRequest, VadBatch, VadChunk
 
-    vad = serve.get_deployment_handle("VadDeployment", app_name)
+    # The VadDeployment is there only with media.vad_in_process = false (this bench's own app).
+    has_vad = "VadDeployment" in serve.status().applications[app_name].deployments
+    vad = serve.get_deployment_handle("VadDeployment", app_name) if has_vad else None
     asr = serve.get_deployment_handle("AsrDeployment", app_name)
     tts = serve.get_deployment_handle("TtsDeployment", app_name)
     registry = serve.get_deployment_handle("CallRegistry", app_name)
@@ -141,7 +143,7 @@ async def measure(app_name: str = "voxray", n: int = 200, n_model: int = 20, log
 
     hops = []
     for name, count, fn, has_model in (
-        ("VAD infer, 64 ms chunk", n, vad_call, True),
+        *([("VAD infer, 64 ms chunk", n, vad_call, True)] if has_vad else []),
         ("ASR transcribe, 2 s utterance", n_model, asr_call, True),
         ("TTS synthesize, first chunk", n_model, tts_call, False),
         ("Serve handle, no work (registry)", n, registry_call, False),
@@ -185,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     refuse_other_cluster()
     config = VoxrayConfig()
     config.serve.host, config.serve.port = "127.0.0.1", free_port()
+    config.media.vad_in_process = False  # deploy the VadDeployment: its hop is one of the rows
     try:
         start_server(config)
         report = asyncio.run(measure(config.serve.app_name, *((30, 5) if args.quick else (200, 20)), log=eprint))

@@ -29,8 +29,10 @@ sentence in real time and measure:
 - dropped: utterances that did not get asrFinal and reply audio in time (must be 0;
   the timeouts grow by PER_CALL_SLACK_S per call, since 64 calls on 2 cores run far
   slower than real time). Levels from ONE_ROUND_FROM calls up run a single round.
+  Below that, 8 rounds: 8 calls x 8 = 64 turns, so that p95 sits between the 60th and
+  61st of them (with 2 rounds, 16 turns, it was in effect the slowest one of the level).
 
-Run: .venv/bin/python bench/run.py [--calls 1,8,32,64] [--rounds 2] [--quick] [--plot PATH]
+Run: .venv/bin/python bench/run.py [--calls 1,8,32,64] [--rounds 8] [--quick] [--plot PATH]
 Prints a table; the same results go to bench/results/latest.json, and a plot of latency
 and CPU per call against concurrent calls to bench/latency_cpu.png (bench/plot.py).
 """
@@ -586,7 +588,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", default="1,8,32", help="concurrency levels, comma-separated (default 1,8,32)")
     p.add_argument("--behaviours", default="old,new", help="old, new or both (default old,new)")
-    p.add_argument("--rounds", type=int, default=2, help="utterances per call per level (default 2)")
+    p.add_argument("--rounds", type=int, default=8,
+                   help=f"utterances per call per level below {ONE_ROUND_FROM} calls (default 8)")
     p.add_argument("--quick", action="store_true",
                    help="levels 1,2 with one round; short VAD/ASR/hop runs (under ~3 minutes)")
     p.add_argument("--no-pipecat", action="store_true", help="leave out the pipecat VAD comparison")

@@ -18,7 +18,10 @@ from voxray.deployments.vad import VadDeployment
 
 def build_app(config: VoxrayConfig) -> Application:
     opts = deployment_options(config)
-    vad = VadDeployment.options(**opts["vad"]).bind(config.models.silero_vad)
+    # Silero runs inside the processes that hold the calls' audio by default: the VAD
+    # deployment is only there for `media.vad_in_process = false` (an idle replica is a
+    # process, ~1 % of a core and its memory, for nothing).
+    vad = None if config.media.vad_in_process else VadDeployment.options(**opts["vad"]).bind(config.models.silero_vad)
     providers = config.providers.model_dump()
     asr = AsrDeployment.options(**opts["asr"]).bind(providers, config.models.model_dump())
     tts = TtsDeployment.options(**opts["tts"]).bind(providers, config.models.piper_voice, config.models.piper_device,

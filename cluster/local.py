@@ -79,7 +79,8 @@ _SETTLE_S = 5.0
 
 def _wanted(config: VoxrayConfig) -> dict[str, int]:
     """The replicas the config asks for at start, by Serve deployment name."""
-    return {"Ingress": config.ingress.min_replicas, "VadDeployment": config.vad.min_replicas,
+    return {"Ingress": config.ingress.min_replicas,
+            **({} if config.media.vad_in_process else {"VadDeployment": config.vad.min_replicas}),
             "AsrDeployment": config.asr.min_replicas, "TtsDeployment": config.tts.min_replicas,
             "CallRegistry": 1, "LlmAgentDeployment": config.agent.scaling.min_replicas}
 

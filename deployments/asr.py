@@ -20,6 +20,7 @@ from voxray.deployments.asr_batch import AsrScheduler, batch_provider, transcrib
 from voxray.deployments.routing import FillFirstRouter
 from voxray.media.messages import AsrRequest, AsrResult
 from voxray.faults import enable_fault_dumps
+from voxray.loop_watch import LoopWatch
 from voxray.logs import bind_call, get_logger
 from voxray.config import ModelsConfig
 from voxray.providers.catalog import ProvidersConfig, build_asr
@@ -89,11 +90,13 @@ class AsrDeployment:
                                       FIFO_GATHER_S if fifo else GATHER_S, prioritize=not fifo,
                                       concurrency=settings.whisper_workers,
                                       partial_max_load=settings.partial_max_load)
+        self.loop_watch = LoopWatch("asr")
         log.info("asr providers loaded", extra={"providers": self.chain.names, "gpu_ids": gpu_ids,
                                                 "max_batch": self.scheduler.max_batch,
                                                 "devices": loaded_devices(self.chain)})
 
     async def transcribe(self, req: AsrRequest) -> AsrResult:
+        self.loop_watch.ensure_started()
         with bind_call(req.call_id):
             if batch_provider(self.chain, req) is not None:
                 result = await self.scheduler.submit(req)

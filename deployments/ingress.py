@@ -34,6 +34,7 @@ from voxray.deployments.remote_media import RemoteMedia
 from voxray.deployments.ws_receive import pace_serve_receive
 from voxray import metrics
 from voxray.faults import enable_fault_dumps
+from voxray.loop_watch import LoopWatch
 from voxray.logs import bind_call, get_logger
 from voxray.protocol.errors import ProtocolError
 from voxray.protocol.events import Error, dump_event
@@ -107,6 +108,7 @@ class Ingress:
         self.replica = ctx.replica_id.unique_id if ctx else uuid.uuid4().hex
         self.node_id = ray.get_runtime_context().get_node_id()  # the registry ends our calls if it dies
         self._kill_task: asyncio.Task | None = None
+        self.loop_watch = LoopWatch("ingress")  # the calls' loop: started with the first call
         if ua_nodes is not None:
             # Blocking GCS look-ups, every few seconds: a thread of its own, off the event loop.
             threading.Thread(target=self._place_ua_nodes, name="ua-node-placer", daemon=True).start()
@@ -125,6 +127,7 @@ class Ingress:
             time.sleep(UA_NODE_PLACEMENT_S)
 
     def _ensure_kill_listener(self) -> None:
+        self.loop_watch.ensure_started()
         if self._kill_task is None or self._kill_task.done():
             self._kill_task = asyncio.get_running_loop().create_task(self._kill_listener())
 

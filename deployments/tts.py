@@ -14,6 +14,7 @@ from voxray.deployments.routing import FillFirstRouter
 from voxray.deployments.tts_gate import FIRST, LATER, PriorityGate
 from voxray.media.messages import TtsAudio, TtsRequest
 from voxray.faults import enable_fault_dumps
+from voxray.loop_watch import LoopWatch
 from voxray.logs import bind_call, get_logger
 from voxray.providers.catalog import ProvidersConfig, build_tts
 from voxray.providers.fallback import TtsChain
@@ -83,12 +84,14 @@ class TtsDeployment:
         self.chain = make_tts_chain(ProvidersConfig.model_validate(providers or {}), piper_voice, piper_device,
                                     gpu_ids, piper_threads)
         self.gate = PriorityGate(slots) if slots > 0 else None
+        self.loop_watch = LoopWatch("tts")
         log.info("tts providers loaded", extra={"providers": self.chain.names, "gpu_ids": gpu_ids,
                                                 "devices": {n: p.describe() for n, p in self.chain.providers.items()
                                                             if hasattr(p, "describe")}})
 
     async def synthesize(self, req: TtsRequest) -> AsyncIterator[TtsAudio]:
         """Streamed: call through a handle with `.options(stream=True)`."""
+        self.loop_watch.ensure_started()
         with bind_call(req.call_id):
             async for audio in gated(self.gate, self.chain, req):
                 yield audio

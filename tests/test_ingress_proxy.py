@@ -1,10 +1,15 @@
 """What carries HTTP and WebSockets to the Ingress replicas (cluster/ingress_proxy.py): the
 environment each choice gives Ray; the session's app answers through the default (HAProxy),
 and a `voxray serve` with the other one (Serve's proxy actor) answers on serve.port, carries
-calls, and a call outlives its socket's handler, as the whole suite checks for the default."""
+calls, and a call outlives its socket's handler, as the whole suite checks for the default.
+
+That server also runs VAD the other way (`media.vad_in_process = false`: through the
+VadDeployment, which the default app does not deploy): a turn there is transcribed, and
+survives its VAD replica being killed mid-utterance."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -12,10 +17,13 @@ import sys
 import time
 import uuid
 
+import numpy as np
 import psutil
 import pytest
 
+from tests.conftest import SENTENCE
 from tests.records import call_record
+from tests.test_models import wer
 from tests.wsclient import CallClient
 from voxray.cluster import ingress_proxy
 from voxray.cluster.ingress_proxy import (INGRESS_VARS, chosen, embedded_ports, free_listen_port, free_listen_ports,
@@ -83,6 +91,8 @@ proxy = "{OTHER}"
 resume_grace_s = 3.0
 [ingress]
 graceful_shutdown_timeout_s = 5
+[media]
+vad_in_process = false
 """
 
 
@@ -167,6 +177,44 @@ async def test_behind_the_other_proxy_a_dropped_agent_resumes_within_grace(other
     finally:
         await again.close()
     assert (await _record(server, call_id))["reason"] == "hangup"
+
+
+def _vad_replicas() -> list[psutil.Process]:
+    """VadDeployment replica processes: only the other server has one (the session's app
+    runs VAD in its ingress)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if any("ServeReplica" in a and ":VadDeployment" in a for a in p.info["cmdline"] or []):
+            found.append(p)
+    return found
+
+
+@pytest.mark.e2e
+async def test_vad_through_its_deployment_transcribes_a_turn_through_a_replica_kill(other_server, speech16k):
+    server, _ = other_server
+    assert len(_vad_replicas()) == 1
+    client = await CallClient.connect(f"ws://{server}/call")
+    keepalive = None
+    try:
+        await client.send({"command": "invite", "option": {"codec": "pcm"}})
+        await client.wait_for("answer", timeout=30)
+        sender = asyncio.create_task(client.stream(np.concatenate([np.zeros(4000, np.int16), speech16k]).tobytes(),
+                                                   640))
+        await client.wait_for("speaking", timeout=30)  # the VadDeployment heard the speech start
+        victim = _vad_replicas()[0]
+        victim.kill()  # mid-utterance: the ingress's VAD calls retry until Serve's replacement answers
+        await sender
+        keepalive = asyncio.create_task(client.stream(np.zeros(16000 * 40, np.int16).tobytes(), 640))
+        final = await client.wait_for("asrFinal", timeout=60)
+        assert wer(SENTENCE, final["text"]) <= 0.5, final["text"]
+        assert "error" not in client.names(), [e for e in client.events if e.get("event") == "error"]
+        assert [p.pid for p in _vad_replicas()] != [victim.pid]
+        await client.send({"command": "hangup"})
+        await client.wait_for("hangup", timeout=30)
+    finally:
+        if keepalive:
+            keepalive.cancel()
+        await client.close()
 
 
 async def _record(server: str, call_id: str) -> dict:

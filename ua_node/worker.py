@@ -48,7 +48,7 @@ class UaWorker:
 
             local_vad = InProcessVad(media_config.vad_model)
         services = ServeModelServices(
-            serve.get_deployment_handle("VadDeployment", app_name),
+            None if local_vad else serve.get_deployment_handle("VadDeployment", app_name),
             serve.get_deployment_handle("AsrDeployment", app_name),
             serve.get_deployment_handle("TtsDeployment", app_name),
             on_asr_time=gate.observe_asr, vad_window_s=media_config.vad_batch_window_ms / 1000,

@@ -49,6 +49,9 @@ def _registry():
                                tag_keys=("role",)),
         "ua_worker_restarts": Counter("voxray_ua_worker_restarts_total", "UA worker processes that came back new",
                                       tag_keys=("worker",)),
+        "loop_lag_ms": Histogram("voxray_event_loop_lag_ms", "how late a 200 ms timer fired on a process's "
+                                 "event loop (stalls delay every call on it)",
+                                 boundaries=[1, 5, 20, 50, 100, 200, 500, 1000], tag_keys=("role",)),
         "vad_ms": Histogram("voxray_vad_compute_ms", "VAD model time per batch", boundaries=[1, 2, 5, 10, 20, 50]),
     }
 

@@ -47,6 +47,8 @@ class ServeModelServices:
         self._asr = asr_handle
         self.on_asr_time = on_asr_time  # admission control watches how long ASR takes to answer
         self._tts = tts_handle
+        if vad_handle is None and vad_infer is None:
+            raise ValueError("VAD needs the VadDeployment's handle or an in-process model")
         self._vad = vad_handle
         self.retry_for_s = retry_for_s
         self._retryable = _replica_failures()
