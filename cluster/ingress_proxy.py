@@ -24,9 +24,8 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Literal
 
-IngressProxy = Literal["haproxy", "ray"]
+from voxray.config import IngressProxy
 
 # Calls outlive a reload: a replaced HAProxy keeps its open connections this long.
 HARD_STOP_AFTER_S = 4 * 3600
@@ -124,7 +123,6 @@ def ingress_env(proxy: IngressProxy, *, embedded: bool, environ: dict[str, str] 
     return {k: environ.get(k, v) for k, v in env.items()}
 
 
-def chosen(environ: dict[str, str] | None = None) -> IngressProxy:
-    """The proxy this process's environment picked."""
-    environ = os.environ if environ is None else environ
+def chosen(environ: dict[str, str]) -> IngressProxy:
+    """The proxy a set of Ray variables (ingress_env's, ingress_vars()) picks."""
     return "haproxy" if environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "ray"

@@ -120,12 +120,16 @@ class Scaling(BaseModel):
     num_cpus: float | None = Field(None, ge=0, description="CPUs per replica; None: the deployment's own")
 
 
+# What carries HTTP and WebSockets to the Ingress replicas (cluster/ingress_proxy.py).
+IngressProxy = Literal["haproxy", "ray"]
+
+
 class ServeConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     app_name: str = "voxray"
     route_prefix: str = "/"
-    proxy: Literal["ray", "haproxy"] = Field(
+    proxy: IngressProxy = Field(
         "haproxy", description="what carries HTTP and WebSockets to the Ingress replicas: HAProxy in front of "
         "replicas that serve HTTP themselves (Serve's direct ingress: half the media plane's CPU of Serve's "
         "Python proxy actor, 'ray'; falls back to 'ray' without an HAProxy binary). Read when Ray starts "
