@@ -127,7 +127,6 @@ class Ingress:
             time.sleep(UA_NODE_PLACEMENT_S)
 
     def _ensure_kill_listener(self) -> None:
-        self.loop_watch.ensure_started()
         if self._kill_task is None or self._kill_task.done():
             self._kill_task = asyncio.get_running_loop().create_task(self._kill_listener())
 
@@ -163,6 +162,7 @@ class Ingress:
         """Auth, then: a new call (True), a resumed one (held here until it ends), or refused.
 
         gate: apply this replica's admission control (calls whose media runs here)."""
+        self.loop_watch.ensure_started()
         self._ensure_kill_listener()
         if not self.guard.allows(ws.headers, ws.query_params):
             metrics.inc("auth_rejected_total")

@@ -142,8 +142,8 @@ async def test_tts_replica_killed_then_tts_retries(voxray_server):
 async def _timed_turn(server: str, speech16k: np.ndarray, kill: str | None, when: str) -> dict:
     """One turn of a new call: the caller speaks, the agent replies as soon as asrFinal
     arrives. Seconds from the end of speech to asrFinal and to the reply's first audio,
-    with a replica of `kill` killed `when` ("speaking": mid-utterance; "ending": 0.3 s
-    before the caller stops; "final": between the transcript and the reply's tts command)."""
+    with a replica of `kill` killed `when` ("ending": 0.3 s before the caller stops;
+    "final": between the transcript and the reply's tts command)."""
     client = await _invite(server)
     keepalive = None
     try:
@@ -153,10 +153,7 @@ async def _timed_turn(server: str, speech16k: np.ndarray, kill: str | None, when
         t0 = time.monotonic()
         sender = asyncio.create_task(client.stream(np.concatenate([lead, speech]).tobytes(), 640))
         t_end = t0 + (len(lead) + len(speech)) / 16000
-        if kill and when == "speaking":
-            await client.wait_for("speaking", timeout=30)
-            await asyncio.to_thread(_kill_replica, kill)
-        elif kill and when == "ending":  # 0.3 s before the caller stops: the turn's decodes are under way
+        if kill and when == "ending":  # 0.3 s before the caller stops: the turn's decodes are under way
             await asyncio.sleep(max(0.0, t_end - 0.3 - time.monotonic()))
             await asyncio.to_thread(_kill_replica, kill)
         await sender

@@ -202,7 +202,7 @@ async def test_vad_through_its_deployment_transcribes_a_turn_through_a_replica_k
                                                    640))
         await client.wait_for("speaking", timeout=30)  # the VadDeployment heard the speech start
         victim = _vad_replicas()[0]
-        victim.kill()  # mid-utterance: the ingress's VAD calls retry until Serve's replacement answers
+        victim.kill()  # mid-utterance: Serve's router holds the VAD requests until the replacement answers
         await sender
         keepalive = asyncio.create_task(client.stream(np.zeros(16000 * 40, np.int16).tobytes(), 640))
         final = await client.wait_for("asrFinal", timeout=60)

@@ -29,7 +29,7 @@ async def test_call_metrics_reach_prometheus_export(voxray_server):
 
     port = ray.nodes()[0]["MetricsExportPort"]
     wanted = ("voxray_calls_total", "voxray_tts_first_audio_ms_bucket", "voxray_errors_total",
-              "voxray_vad_batch_streams_bucket", "voxray_calls_active")
+              "voxray_vad_batch_streams_bucket", "voxray_calls_active", "voxray_event_loop_lag_ms_bucket")
     text = ""
     deadline = time.monotonic() + 60  # Ray exports on an interval
     async with httpx.AsyncClient() as http:
@@ -43,6 +43,9 @@ async def test_call_metrics_reach_prometheus_export(voxray_server):
     # Ray prefixes exported names with `ray_`.
     errors = [line for line in text.splitlines() if line.startswith("ray_voxray_errors_total")]
     assert any('sender="protocol"' in line for line in errors), errors
+    # The stall watch runs from the first call on the ingress and the first synthesis on TTS.
+    lag = [line for line in text.splitlines() if line.startswith("ray_voxray_event_loop_lag_ms_bucket")]
+    assert any('role="ingress"' in line for line in lag) and any('role="tts"' in line for line in lag), lag[:4]
 
 
 def test_every_metric_the_code_records_is_declared():
