@@ -71,3 +71,36 @@ async def test_a_bye_from_the_worker_along_the_route_set_takes_the_call_out_of_t
         assert (await front.dialogs())["all"] == 0
     finally:
         await front.stop()
+
+
+
+async def test_an_invite_no_worker_answers_gets_503_and_leaves_no_call_in_the_count(tmp_path):
+    """A worker that never answers an INVITE (pjsua2 drops some malformed ones silently: the
+    SIP fuzz sends such) is passed over for the next, the call's count moving along. Past
+    the last one the caller gets 503 and the count must let the call go: it held a slot on
+    the last worker for up to a minute (CI's pool tests found one taken with all idle)."""
+    import asyncio
+    import socket
+
+    from tests.test_sip import sip_request
+
+    # Nobody on the workers' ports: each try times out (front.worker_timeout_ms, 4 s).
+    workers, front_port = [free_udp_port(), free_udp_port()], free_udp_port()
+    front = KamailioFront(FrontSettings(), bind="127.0.0.1", port=front_port, public_address=None, trusted=[],
+                          retry_after_s=5, run_dir=str(tmp_path))
+    await front.start([FrontDestination(f"sip:127.0.0.1:{p}", f"w{i}-1", 4) for i, p in enumerate(workers)])
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            msg, _ = sip_request("INVITE", f"sip:agent@127.0.0.1:{front_port}", port=s.getsockname()[1])
+            s.sendto(msg, ("127.0.0.1", front_port))
+            s.settimeout(20.0)
+            reply = "SIP/2.0 100"
+            while reply.startswith("SIP/2.0 1"):  # 100 Trying first: the front took it
+                reply = (await asyncio.to_thread(s.recv, 65535)).decode(errors="replace")
+        assert reply.startswith("SIP/2.0 503"), reply[:300]
+        log = front.log_tail()
+        assert log.count("trying the next worker") == 2, log  # both were tried
+        assert [t.load for t in await front.targets()] == [0, 0], (await front.targets(), log)
+    finally:
+        await front.stop()

@@ -71,7 +71,9 @@ async def _idle_pool(timeout_s: float = 45.0) -> None:
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"calls left over on the SIP workers after {timeout_s}s: {load}; "
-                                 f"front: {await _front_load()}; {await (await _node()).list_calls.remote()}")
+                                 f"front: {await _front_load()}, dialogs {(front or {}).get('dialogs')}; "
+                                 f"{await (await _node()).list_calls.remote()}\n"
+                                 f"front log: {(front or {}).get('log_tail', '')[-1500:]}")
         await asyncio.sleep(0.5)
 
 

@@ -206,6 +206,9 @@ request_route {{
         route(FULL);
     }}
     if (!t_relay()) {{
+        if (is_method("INVITE")) {{
+            ds_load_unset();  # counted above, never sent: no failure route will let it go
+        }}
         sl_reply_error();
     }}
     exit;
@@ -234,7 +237,10 @@ failure_route[NEXT_WORKER] {{
     if (t_check_status("503") || (t_check_status("486") && $T_rpl($hdr(X-Voxray-Final)) == $null)
             || (t_branch_timeout() && !t_branch_replied())) {{
         xlog("L_NOTICE", "voxray-front: $du answered $T_rpl($rs) or nothing: trying the next worker\\n");
-        if (ds_next_dst()) {{
+        # ds_next_dst moves the call's count to the next worker, but past the last one it
+        # drops the list ds_load_unset finds the count by: the call would hold a slot on
+        # the last worker until the count's own expiry. So it is not asked past the last.
+        if ($xavp(_dsdst_[1]=>uri) != $null && ds_next_dst()) {{
             $dlg_var(worker) = $du;
             t_on_failure("NEXT_WORKER");
             t_on_reply("WORKER_REPLY");
