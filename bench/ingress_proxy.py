@@ -39,7 +39,7 @@ def child(proxy: str, args: argparse.Namespace, out: Path) -> None:
     )
     from voxray.cluster.ingress_proxy import chosen
     from voxray.cluster.local import shutdown
-    from voxray.cluster.ray_start import ingress_vars
+    from voxray.cluster.ray_start import serve_vars
     from voxray.config import VoxrayConfig
 
     refuse_other_cluster()
@@ -53,7 +53,7 @@ def child(proxy: str, args: argparse.Namespace, out: Path) -> None:
     watchdog = arm_watchdog(900)
     try:
         start_server(behaviour_config(config, "new"))
-        got = chosen(ingress_vars())
+        got = chosen(serve_vars())
         asyncio.run(one_round(url, audio))  # the models' one-off warm-up
         idle = asyncio.run(idle_ray_cpu_pct(5.0))
         level = asyncio.run(run_level(url, audio, args.calls, args.rounds, seed=1, behaviour="new"))

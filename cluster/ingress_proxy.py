@@ -124,5 +124,5 @@ def ingress_env(proxy: IngressProxy, *, embedded: bool, environ: dict[str, str] 
 
 
 def chosen(environ: dict[str, str]) -> IngressProxy:
-    """The proxy a set of Ray variables (ingress_env's, ingress_vars()) picks."""
+    """The proxy a set of Ray variables (ingress_env's, serve_vars()) picks."""
     return "haproxy" if environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "ray"

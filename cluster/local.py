@@ -6,7 +6,7 @@ import threading
 import time
 
 from voxray.cluster.deploy_wait import Decision, DeploymentProgress, Outcome, decide
-from voxray.cluster.ray_start import embedded, ingress_vars
+from voxray.cluster.ray_start import embedded, serve_vars
 from voxray.config import VoxrayConfig
 
 
@@ -21,11 +21,12 @@ def deploy(config: VoxrayConfig, log=print, timeout_s: float = 600.0) -> None:
 
     from voxray.cluster.app import build_app
 
-    # The controller starts the proxies (HAProxy or Serve's own): it gets the choice
-    # start_ray made even when this driver joined a cluster whose nodes lack it.
-    ingress = ingress_vars()
+    # The controller starts the proxies (HAProxy or Serve's own) and paces Serve's
+    # housekeeping: it gets start_ray's choices even when this driver joined a cluster
+    # whose nodes lack them.
+    env = serve_vars()
     serve.start(http_options={"host": config.serve.host, "port": config.serve.port},
-                controller_options={"runtime_env": {"env_vars": ingress}} if ingress else None)
+                controller_options={"runtime_env": {"env_vars": env}} if env else None)
     app = build_app(config)
     error: list[BaseException] = []
 

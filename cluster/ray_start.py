@@ -6,10 +6,11 @@ import os
 import sys
 
 from voxray.cluster.ingress_proxy import IngressProxy, chosen, ingress_env
+from voxray.cluster.serve_tuning import serve_tuning_env
 from voxray.env import forwarded_vars
 
 _embedded = False  # this process started its own Ray (and so takes it down whole)
-_ingress_vars: dict[str, str] = {}  # the Ray processes' ingress proxy settings (cluster/ingress_proxy.py)
+_serve_vars: dict[str, str] = {}  # the Ray processes' Serve settings: ingress proxy, housekeeping pace
 _dashboard_url: str | None = None
 
 
@@ -27,8 +28,9 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
     """Join the cluster at `address` (or RAY_ADDRESS), else start an embedded one.
 
     `ingress_proxy` (serve.proxy, same default) picks what carries HTTP and WebSockets to the Ingress
-    replicas (cluster/ingress_proxy.py); Serve reads it at import, so it is set here, in
-    the job's environment for every Ray process (and the Serve controller's, `deploy`).
+    replicas (cluster/ingress_proxy.py); Serve reads it, and the pace of its housekeeping
+    (cluster/serve_tuning.py), at import, so they are set here, in the job's environment for
+    every Ray process (and the Serve controller's, `deploy`).
     """
     import ray
 
@@ -38,10 +40,10 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
         return
     # Not into os.environ: a process this one starts (a bench's child, a test's cluster)
     # would inherit the free ports picked here for a Ray of its own.
-    global _ingress_vars
-    _ingress_vars = ingress_env(ingress_proxy, embedded=not address)
+    global _serve_vars
+    _serve_vars = {**ingress_env(ingress_proxy, embedded=not address), **serve_tuning_env()}
     env = {"env_vars": {**{k: os.environ[k] for k in ("RAY_AUTH_MODE", "HF_HUB_OFFLINE") if k in os.environ},
-                        **forwarded_vars(), **_ingress_vars}}
+                        **forwarded_vars(), **_serve_vars}}
     # Fatal signals dump every thread's Python stack from interpreter start, before any
     # voxray code runs (voxray.faults does the same from each actor's __init__).
     env["env_vars"]["PYTHONFAULTHANDLER"] = "1"
@@ -65,12 +67,13 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
     global _dashboard_url
     _dashboard_url = getattr(info, "dashboard_url", None) or None
     ctx = ray.get_runtime_context()
-    log(f"Ray is up (node {ctx.get_node_id()[:12]}; ingress proxy: {chosen(_ingress_vars)})")
+    log(f"Ray is up (node {ctx.get_node_id()[:12]}; ingress proxy: {chosen(_serve_vars)})")
 
 
-def ingress_vars() -> dict[str, str]:
-    """What start_ray gave every Ray process of the job for the ingress proxy."""
-    return dict(_ingress_vars)
+def serve_vars() -> dict[str, str]:
+    """What start_ray gave every Ray process of the job for Serve (cluster/ingress_proxy.py,
+    cluster/serve_tuning.py)."""
+    return dict(_serve_vars)
 
 
 def dashboard_url() -> str | None:

@@ -329,7 +329,7 @@ def main() -> None:
 
     from voxray.cluster.ingress_proxy import embedded_ports, free_listen_port
     from voxray.cluster.local import deploy, shutdown
-    from voxray.cluster.ray_start import ingress_vars, ray_env_defaults, start_ray
+    from voxray.cluster.ray_start import serve_vars, ray_env_defaults, start_ray
     from voxray.config import VoxrayConfig
     from voxray.speech import espeak_speech
 
@@ -358,7 +358,7 @@ def main() -> None:
         config.ingress.min_replicas = config.ingress.max_replicas = 2
         config.ingress.max_replicas_per_node = 1  # one per node: calls land on both
         # One HTTP proxy (on the head) for both replicas; two would share one loopback port.
-        ingress = ingress_vars()
+        ingress = serve_vars()
         serve.start(proxy_location="HeadOnly",
                     http_options={"host": config.serve.host, "port": config.serve.port},
                     controller_options={"runtime_env": {"env_vars": ingress}} if ingress else None)

@@ -28,7 +28,7 @@ from tests.wsclient import CallClient
 from voxray.cluster import ingress_proxy
 from voxray.cluster.ingress_proxy import (INGRESS_VARS, chosen, embedded_ports, free_listen_port, free_listen_ports,
                                           ingress_env)
-from voxray.cluster.ray_start import ingress_vars
+from voxray.cluster.ray_start import serve_vars
 from voxray.config import VoxrayConfig
 
 
@@ -109,7 +109,7 @@ def listener_of(server: str) -> set[str]:
 
 @pytest.mark.e2e
 def test_the_sessions_app_answers_through_the_default_proxy(voxray_server):
-    assert DEFAULT == "haproxy" and chosen(ingress_vars()) == "haproxy"
+    assert DEFAULT == "haproxy" and chosen(serve_vars()) == "haproxy"
     assert listener_of(voxray_server) == {LISTENER[DEFAULT]}
 
 

@@ -1,0 +1,26 @@
+"""Serve's own housekeeping, paced for a node that also carries calls: the Ray processes'
+environment, set before Ray starts (Serve reads it at import), like the ingress proxy's.
+
+With no calls a 2-core node spent 31.6 % of a core on Ray's processes; 5.1 of it was the
+Serve controller's control loop waking every 100 ms, and ~1.2 each replica (exporting
+Serve's cached metrics every 100 ms among it). At 0.5 s and 1 s the same node idles at
+22.9 % (the controller 1.7, a replica ~0.9): at 16 calls that is 0.5 % of a core less per
+call. What it costs: the controller notices a dead replica, starts an autoscaling step or
+applies a deploy up to 0.4 s later (a replica takes seconds to load its model anyway), and
+Serve's request metrics reach Prometheus (scraped every 10 s or so) in 1 s steps.
+"""
+
+from __future__ import annotations
+
+import os
+
+DEFAULTS = {
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",  # Serve's default 0.1
+    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",  # Serve's default 100
+}
+
+
+def serve_tuning_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """DEFAULTS, with any the operator set kept as they are."""
+    environ = os.environ if environ is None else environ
+    return {k: environ.get(k, v) for k, v in DEFAULTS.items()}
