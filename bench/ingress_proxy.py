@@ -30,8 +30,9 @@ sys.path.insert(0, str(ROOT))  # run as a script: find `bench`
 PROXIES = ("ray", "haproxy")
 
 
-def child(proxy: str, args: argparse.Namespace, out: Path) -> None:
-    """One proxy's run, in this (fresh) process: its own embedded Ray."""
+def measure_app(proxy: str, args: argparse.Namespace, idle_s: float = 5.0) -> dict:
+    """One app's figures, in this (fresh) process: its own embedded Ray, deployed with
+    `proxy`; turns, then the media plane. bench/serve_tuning.py measures through it too."""
     from bench.media_plane import measure_media_plane
     from bench.run import (
         arm_watchdog, behaviour_config, free_port, idle_ray_cpu_pct, make_caller_audio, one_round,
@@ -55,26 +56,31 @@ def child(proxy: str, args: argparse.Namespace, out: Path) -> None:
         start_server(behaviour_config(config, "new"))
         got = chosen(serve_vars())
         asyncio.run(one_round(url, audio))  # the models' one-off warm-up
-        idle = asyncio.run(idle_ray_cpu_pct(5.0))
+        idle = asyncio.run(idle_ray_cpu_pct(idle_s))
         level = asyncio.run(run_level(url, audio, args.calls, args.rounds, seed=1, behaviour="new"))
         planes = [asdict(asyncio.run(measure_media_plane(url, n, args.seconds, idle_pct=idle, probe=False)))
                   for n in args.media_calls]
     finally:
         shutdown()
         watchdog.cancel()
-    out.write_text(json.dumps({"proxy": got, "idle_pct": idle, "turns": asdict(level), "planes": planes}))
+    return {"proxy": got, "idle_pct": idle, "turns": asdict(level), "planes": planes}
 
 
-def run_child(proxy: str, args: argparse.Namespace) -> dict:
+def child(proxy: str, args: argparse.Namespace, out: Path) -> None:
+    out.write_text(json.dumps(measure_app(proxy, args)))
+
+
+def run_child(variant: str, args: argparse.Namespace, script: str = __file__) -> dict:
+    """`script --child variant` in a process of its own (so a Ray of its own); its figures."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [sys.executable, __file__, "--child", proxy, "--out", str(out), "--calls", str(args.calls),
+        cmd = [sys.executable, script, "--child", variant, "--out", str(out), "--calls", str(args.calls),
                "--rounds", str(args.rounds), "--media-calls", ",".join(map(str, args.media_calls)),
                "--seconds", str(args.seconds)]
-        print(f"bench: {proxy}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
+        print(f"bench: {variant}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
         proc = subprocess.run(cmd, cwd=ROOT, timeout=1200)
         if proc.returncode != 0 or not out.exists():
-            raise RuntimeError(f"the {proxy} run failed (exit {proc.returncode})")
+            raise RuntimeError(f"the {variant} run failed (exit {proc.returncode})")
         return json.loads(out.read_text())
 
 

@@ -1,13 +1,13 @@
 """Serve's own housekeeping, paced for a node that also carries calls: the Ray processes'
 environment, set before Ray starts (Serve reads it at import), like the ingress proxy's.
 
-With no calls a 2-core node spent 31.6 % of a core on Ray's processes; 5.1 of it was the
-Serve controller's control loop waking every 100 ms, and ~1.2 each replica (exporting
-Serve's cached metrics every 100 ms among it). At 0.5 s and 1 s the same node idles at
-22.9 % (the controller 1.7, a replica ~0.9): at 16 calls that is 0.5 % of a core less per
-call. What it costs: the controller notices a dead replica, starts an autoscaling step or
-applies a deploy up to 0.4 s later (a replica takes seconds to load its model anyway), and
-Serve's request metrics reach Prometheus (scraped every 10 s or so) in 1 s steps.
+With no calls a 2-core node's Ray processes took 30.8 % of a core with Serve's defaults and
+23.2 % with these (bench/serve_tuning.py: the controller waking every 100 ms was 5.1 of it,
+1.7 at 0.5 s; a replica ~1.2, ~0.9). Under the media plane's load the saving mostly does not
+carry over (16 calls: 4.09 -> 3.94 % of a core each, within the noise). What it costs: the
+controller notices a dead replica, starts an autoscaling step or applies a deploy up to
+0.4 s later (a replica takes seconds to load its model anyway), and Serve's request metrics
+reach Prometheus (scraped every 10 s or so) in 1 s steps.
 """
 
 from __future__ import annotations

@@ -1,0 +1,103 @@
+"""Serve's housekeeping pace (cluster/serve_tuning.py) against Serve's own defaults, side by
+side in one run.
+
+Serve reads the pace when its processes start, so each variant runs in a Ray of its own
+(a child process, as bench/ingress_proxy.py does for the proxies), alternating serve,
+voxray, serve, voxray... for `--repeats` rounds so that the machine's drift hits both:
+- "serve": the controller's loop every 0.1 s, replicas exporting metrics every 100 ms
+  (set as an operator would, in the environment before Ray starts);
+- "voxray": the defaults, 0.5 s and 1 s.
+In each: Ray's idle CPU (all Ray processes, no call, `--idle-seconds`), 8 calls' turns
+(end of speech -> `asrFinal` and -> first reply audio) and the `/call` media plane at 16
+calls (bench/media_plane.py: % of one core per call, gross and net of the idle).
+
+Run: .venv/bin/python bench/serve_tuning.py [--calls 8] [--rounds 4] [--media-calls 16]
+     [--seconds 15] [--idle-seconds 20] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: find `bench`
+
+from bench.ingress_proxy import measure_app, run_child  # noqa: E402
+
+SERVE_DEFAULTS = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.1", "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "100"}
+VARIANTS = {"serve": SERVE_DEFAULTS, "voxray": {}}
+
+
+def child(variant: str, args: argparse.Namespace, out: Path) -> None:
+    from voxray.cluster.serve_tuning import serve_tuning_env
+
+    os.environ.update(VARIANTS[variant])  # before Ray starts; start_ray keeps an operator's values
+    result = measure_app("haproxy", args, idle_s=args.idle_seconds)
+    out.write_text(json.dumps({**result, "variant": variant, "env": serve_tuning_env()}))
+
+
+def _f(v: float | None, digits: int = 0) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def table(runs: list[dict]) -> str:
+    from bench.run import pct
+
+    n = runs[0]["planes"][0]["calls"] if runs[0]["planes"] else 0
+    head = (f"{'variant':<8} {'run':>3} {'loop s':>6} {'export ms':>9} {'idle%':>6} {'asr p50':>8} {'asr p95':>8} "
+            f"{'audio p50':>9} {'audio p95':>9} {f'{n} calls %/call':>16} {'net':>5}")
+    lines = [head, "-" * len(head)]
+    for i, r in enumerate(runs):
+        t, p, env = r["turns"], (r["planes"] or [{}])[0], r["env"]
+        lines.append(f"{r['variant']:<8} {i // len(VARIANTS) + 1:>3} {env['RAY_SERVE_CONTROL_LOOP_INTERVAL_S']:>6} "
+                     f"{env['RAY_SERVE_METRICS_EXPORT_INTERVAL_MS']:>9} {r['idle_pct']:>6.1f} "
+                     f"{_f(t['asr_p50_ms']):>8} {_f(t['asr_p95_ms']):>8} {_f(t['tts_p50_ms']):>9} "
+                     f"{_f(t['tts_p95_ms']):>9} {_f(p.get('cpu_pct_per_call'), 2):>16} "
+                     f"{_f(p.get('net_pct_per_call'), 2):>5}")
+    for variant in VARIANTS:
+        mine = [r for r in runs if r["variant"] == variant]
+        if not mine:
+            continue
+        pooled = {k: [v for r in mine for v in r["turns"][k]] for k in ("asr_ms", "tts_ms")}
+        planes = [r["planes"][0] for r in mine if r["planes"]]
+        lines.append(f"{variant:<8} {'all':>3} {'':>6} {'':>9} {statistics.mean(r['idle_pct'] for r in mine):>6.1f} "
+                     f"{_f(pct(pooled['asr_ms'], 50)):>8} {_f(pct(pooled['asr_ms'], 95)):>8} "
+                     f"{_f(pct(pooled['tts_ms'], 50)):>9} {_f(pct(pooled['tts_ms'], 95)):>9} "
+                     f"{statistics.mean(p['cpu_pct_per_call'] for p in planes):>16.2f} "
+                     f"{statistics.mean(p['net_pct_per_call'] or 0.0 for p in planes):>5.2f}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--calls", type=int, default=8, help="concurrent calls of the turn level (default 8)")
+    p.add_argument("--rounds", type=int, default=4, help="turns per call (default 4)")
+    p.add_argument("--media-calls", default="16", help="media-plane level (default 16)")
+    p.add_argument("--seconds", type=float, default=15.0, help="media-plane window (default 15)")
+    p.add_argument("--idle-seconds", type=float, default=20.0, help="idle window (default 20)")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each variant, alternating (default 2)")
+    p.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.media_calls = [int(c) for c in args.media_calls.split(",") if c.strip()][:1]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        child(args.child, args, Path(args.out))
+        return
+    runs = [run_child(v, args, script=__file__) for _ in range(args.repeats) for v in VARIANTS]
+    print("== Serve's housekeeping pace: Serve's defaults vs voxray's (each in a Ray of its own) ==")
+    print("turns: ms from the end of speech; idle and media plane: % of one core (all Ray processes)")
+    print(table(runs))
+
+
+if __name__ == "__main__":
+    main()
