@@ -84,8 +84,16 @@ def run_child(variant: str, args: argparse.Namespace, script: str = __file__) ->
         return json.loads(out.read_text())
 
 
-def _f(v: float | None, digits: int = 0) -> str:
+def fmt(v: float | None, digits: int = 0) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
+
+
+def pooled_turns(runs: list[dict]) -> dict[str, float | None]:
+    """p50/p95 over all these runs' turns together, as bench/run.py takes them per run."""
+    from bench.run import pct
+
+    pooled = {k: [v for r in runs for v in r["turns"][k]] for k in ("asr_ms", "tts_ms")}
+    return {f"{k[:3]}_p{q}": pct(v, q) for k, v in pooled.items() for q in (50, 95)}
 
 
 def table(runs: list[dict], calls: int) -> str:
@@ -96,23 +104,19 @@ def table(runs: list[dict], calls: int) -> str:
              "(gross, net of Ray idle) and the proxy's own % of one core for all calls", head, "-" * len(head)]
     for i, r in enumerate(runs):
         t = r["turns"]
-        row = (f"{r['proxy']:<8} {i // len(PROXIES) + 1:>3} {_f(t['asr_p50_ms']):>8} {_f(t['asr_p95_ms']):>8} "
-               f"{_f(t['tts_p50_ms']):>9} {_f(t['tts_p95_ms']):>9} {t['dropped']:>4}")
+        row = (f"{r['proxy']:<8} {i // len(PROXIES) + 1:>3} {fmt(t['asr_p50_ms']):>8} {fmt(t['asr_p95_ms']):>8} "
+               f"{fmt(t['tts_p50_ms']):>9} {fmt(t['tts_p95_ms']):>9} {t['dropped']:>4}")
         for p in r["planes"]:
             proxy_pct = p["by_role_pct"].get("proxy", 0.0)
-            row += f" {_f(p['cpu_pct_per_call'], 2):>16} {_f(p['net_pct_per_call'], 2):>5} {proxy_pct:>6.0f}"
+            row += f" {fmt(p['cpu_pct_per_call'], 2):>16} {fmt(p['net_pct_per_call'], 2):>5} {proxy_pct:>6.0f}"
         lines.append(row)
     for proxy in PROXIES:
         mine = [r for r in runs if r["proxy"] == proxy]
         if not mine:
             continue
-        from bench.run import pct  # as bench/run.py takes them per run, over both runs' turns
-
-        pooled = {k: [v for r in mine for v in r["turns"][k]] for k in ("asr_ms", "tts_ms")}
-        p95 = {k: pct(v, 95) for k, v in pooled.items()}
-        p50 = {k: pct(v, 50) for k, v in pooled.items()}
-        row = (f"{proxy:<8} {'all':>3} {_f(p50['asr_ms']):>8} {_f(p95['asr_ms']):>8} {_f(p50['tts_ms']):>9} "
-               f"{_f(p95['tts_ms']):>9} {sum(r['turns']['dropped'] for r in mine):>4}")
+        t = pooled_turns(mine)
+        row = (f"{proxy:<8} {'all':>3} {fmt(t['asr_p50']):>8} {fmt(t['asr_p95']):>8} {fmt(t['tts_p50']):>9} "
+               f"{fmt(t['tts_p95']):>9} {sum(r['turns']['dropped'] for r in mine):>4}")
         for j in range(len(mine[0]["planes"])):
             gross = statistics.mean(r["planes"][j]["cpu_pct_per_call"] for r in mine)
             net = statistics.mean(r["planes"][j]["net_pct_per_call"] or 0.0 for r in mine)
@@ -122,18 +126,27 @@ def table(runs: list[dict], calls: int) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def app_args(description: str, variants, media_calls: str = "16,32") -> argparse.ArgumentParser:
+    """The options of a bench that measures apps side by side through `measure_app`."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--calls", type=int, default=8, help="concurrent calls of the turn level (default 8)")
     p.add_argument("--rounds", type=int, default=4, help="turns per call (default 4)")
-    p.add_argument("--media-calls", default="16,32", help="media-plane levels (default 16,32)")
+    p.add_argument("--media-calls", default=media_calls, help=f"media-plane levels (default {media_calls})")
     p.add_argument("--seconds", type=float, default=15.0, help="media-plane window (default 15)")
-    p.add_argument("--repeats", type=int, default=2, help="runs of each proxy, alternating (default 2)")
-    p.add_argument("--child", choices=PROXIES, help=argparse.SUPPRESS)
+    p.add_argument("--repeats", type=int, default=2, help="runs of each variant, alternating (default 2)")
+    p.add_argument("--child", choices=list(variants), help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
+    return p
+
+
+def parsed(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.media_calls = [int(c) for c in args.media_calls.split(",") if c.strip()]
     return args
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return parsed(app_args(__doc__.split("\n\n")[0], PROXIES), argv)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: find `bench`
 
-from bench.ingress_proxy import measure_app, run_child  # noqa: E402
+from bench.ingress_proxy import app_args, fmt, measure_app, parsed, pooled_turns, run_child  # noqa: E402
 
 SERVE_DEFAULTS = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.1", "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "100"}
 VARIANTS = {"serve": SERVE_DEFAULTS, "voxray": {}}
@@ -41,13 +41,7 @@ def child(variant: str, args: argparse.Namespace, out: Path) -> None:
     out.write_text(json.dumps({**result, "variant": variant, "env": serve_tuning_env()}))
 
 
-def _f(v: float | None, digits: int = 0) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
-
-
 def table(runs: list[dict]) -> str:
-    from bench.run import pct
-
     n = runs[0]["planes"][0]["calls"] if runs[0]["planes"] else 0
     head = (f"{'variant':<8} {'run':>3} {'loop s':>6} {'export ms':>9} {'idle%':>6} {'asr p50':>8} {'asr p95':>8} "
             f"{'audio p50':>9} {'audio p95':>9} {f'{n} calls %/call':>16} {'net':>5}")
@@ -56,35 +50,27 @@ def table(runs: list[dict]) -> str:
         t, p, env = r["turns"], (r["planes"] or [{}])[0], r["env"]
         lines.append(f"{r['variant']:<8} {i // len(VARIANTS) + 1:>3} {env['RAY_SERVE_CONTROL_LOOP_INTERVAL_S']:>6} "
                      f"{env['RAY_SERVE_METRICS_EXPORT_INTERVAL_MS']:>9} {r['idle_pct']:>6.1f} "
-                     f"{_f(t['asr_p50_ms']):>8} {_f(t['asr_p95_ms']):>8} {_f(t['tts_p50_ms']):>9} "
-                     f"{_f(t['tts_p95_ms']):>9} {_f(p.get('cpu_pct_per_call'), 2):>16} "
-                     f"{_f(p.get('net_pct_per_call'), 2):>5}")
+                     f"{fmt(t['asr_p50_ms']):>8} {fmt(t['asr_p95_ms']):>8} {fmt(t['tts_p50_ms']):>9} "
+                     f"{fmt(t['tts_p95_ms']):>9} {fmt(p.get('cpu_pct_per_call'), 2):>16} "
+                     f"{fmt(p.get('net_pct_per_call'), 2):>5}")
     for variant in VARIANTS:
         mine = [r for r in runs if r["variant"] == variant]
         if not mine:
             continue
-        pooled = {k: [v for r in mine for v in r["turns"][k]] for k in ("asr_ms", "tts_ms")}
+        t = pooled_turns(mine)
         planes = [r["planes"][0] for r in mine if r["planes"]]
         lines.append(f"{variant:<8} {'all':>3} {'':>6} {'':>9} {statistics.mean(r['idle_pct'] for r in mine):>6.1f} "
-                     f"{_f(pct(pooled['asr_ms'], 50)):>8} {_f(pct(pooled['asr_ms'], 95)):>8} "
-                     f"{_f(pct(pooled['tts_ms'], 50)):>9} {_f(pct(pooled['tts_ms'], 95)):>9} "
+                     f"{fmt(t['asr_p50']):>8} {fmt(t['asr_p95']):>8} {fmt(t['tts_p50']):>9} {fmt(t['tts_p95']):>9} "
                      f"{statistics.mean(p['cpu_pct_per_call'] for p in planes):>16.2f} "
                      f"{statistics.mean(p['net_pct_per_call'] or 0.0 for p in planes):>5.2f}")
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--calls", type=int, default=8, help="concurrent calls of the turn level (default 8)")
-    p.add_argument("--rounds", type=int, default=4, help="turns per call (default 4)")
-    p.add_argument("--media-calls", default="16", help="media-plane level (default 16)")
-    p.add_argument("--seconds", type=float, default=15.0, help="media-plane window (default 15)")
+    p = app_args(__doc__.split("\n\n")[0], VARIANTS, media_calls="16")
     p.add_argument("--idle-seconds", type=float, default=20.0, help="idle window (default 20)")
-    p.add_argument("--repeats", type=int, default=2, help="runs of each variant, alternating (default 2)")
-    p.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
-    p.add_argument("--out", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    args.media_calls = [int(c) for c in args.media_calls.split(",") if c.strip()][:1]
+    args = parsed(p, argv)
+    args.media_calls = args.media_calls[:1]  # the table has one media-plane column
     return args
 
 
