@@ -358,10 +358,10 @@ def main() -> None:
         config.ingress.min_replicas = config.ingress.max_replicas = 2
         config.ingress.max_replicas_per_node = 1  # one per node: calls land on both
         # One HTTP proxy (on the head) for both replicas; two would share one loopback port.
-        ingress = serve_vars()
+        env = serve_vars()
         serve.start(proxy_location="HeadOnly",
                     http_options={"host": config.serve.host, "port": config.serve.port},
-                    controller_options={"runtime_env": {"env_vars": ingress}} if ingress else None)
+                    controller_options={"runtime_env": {"env_vars": env}} if env else None)
         deploy(config, log=log)
         server = f"127.0.0.1:{config.serve.port}"
         speech = espeak_speech(SENTENCE, 16000)

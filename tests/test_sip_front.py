@@ -73,7 +73,6 @@ async def test_a_bye_from_the_worker_along_the_route_set_takes_the_call_out_of_t
         await front.stop()
 
 
-
 async def test_an_invite_no_worker_answers_gets_503_and_leaves_no_call_in_the_count(tmp_path):
     """A worker that never answers an INVITE (pjsua2 drops some malformed ones silently: the
     SIP fuzz sends such) is passed over for the next, the call's count moving along. Past

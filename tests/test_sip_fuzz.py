@@ -78,9 +78,9 @@ def test_node_is_alive_and_routing_after_the_fuzz(voxray_server):
     # over held a slot on a worker with no call for up to a minute (the SIP pool tests' CI
     # failure).
     deadline = time.monotonic() + 25
-    while any(_front_loads()) and time.monotonic() < deadline:
+    while any(loads := _front_loads()) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not any(_front_loads()), _front_loads()
+    assert not any(loads), loads
     msg, _ = sip_request("OPTIONS", f"sip:voxray@127.0.0.1:{SIP_ENV.sip_port}")
     replies = udp_exchange(msg, 5.0, "SIP/2.0 200")
     assert any(r.startswith("SIP/2.0 200") for r in replies), replies
