@@ -62,10 +62,15 @@ def window_frames(audio_frames: int, bucket_s: float, min_window_s: float = DEFA
 
 
 def looks_repeated(text: str) -> bool:
-    """The whole text is one phrase said two or more times ("Hello there. Hello there.")."""
+    """The text is one phrase said over again: whole ("Hello there. Hello there."), or with
+    the last time cut short where the decode stopped ("... at my house. I ordered a blue
+    jacket ... at my house. I ordered": tiny.en in a window that ends near the speech)."""
     words = [w.strip(".,?!;:").lower() for w in text.split()]
     n = len(words)
-    return any(n % k == 0 and words == words[:n // k] * k for k in range(2, n + 1))
+    if any(n % k == 0 and words == words[:n // k] * k for k in range(2, n + 1)):
+        return True
+    # A phrase of three words or more, twice in full, then the start of it again.
+    return any(all(words[i] == words[i - p] for i in range(p, n)) for p in range(3, n // 2 + 1))
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,11 @@ def test_a_phrase_said_over_and_over_is_caught():
     assert looks_repeated("Yes? Yes? Yes?")
     assert not looks_repeated("Hello there.")
     assert not looks_repeated("I want to cancel my subscription.")
+    # What tiny.en said for a 4.5 s utterance in a 5 s window: twice and a bit.
+    said = "I ordered a blue jacket last week but the package never arrived at my house."
+    assert looks_repeated(f"{said} {said} I ordered")
+    assert not looks_repeated(f"{said} I ordered it again.")
+    assert not looks_repeated("No, no, I said the blue one, not the red one.")
 
 
 async def test_bucketed_windows_hear_as_well_as_the_full_window():

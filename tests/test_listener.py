@@ -215,3 +215,58 @@ def test_silence_padding_ends_an_utterance_when_set():
     assert cfg({"speechPadding": 400}).min_speech_ms == 400
     assert cfg({"speechPadding": 400, "minSpeechMs": 128}).min_speech_ms == 128  # the ext field wins
     assert cfg({}).min_speech_ms == 96
+
+
+class ChunkLog(FakeModels):
+    """Fake models that note each VAD request's size and, at the first ASR request, how much
+    audio had been fed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fed_ms = 0
+        self.vad_windows: list[tuple[int, int]] = []  # (fed ms, windows in the request)
+        self.first_asr_at_ms: int | None = None
+
+    async def vad(self, chunk):
+        self.vad_windows.append((self.fed_ms, len(chunk.pcm) // 2 // 512))
+        return await super().vad(chunk)
+
+    async def transcribe(self, req):
+        if self.first_asr_at_ms is None:
+            self.first_asr_at_ms = self.fed_ms
+        return await super().transcribe(req)
+
+
+async def paced(speech_chunk_windows: int) -> ChunkLog:
+    """300 ms of silence, 650 ms of tone, silence, fed a frame at a time with the VAD keeping up."""
+    models, sink = ChunkLog(), Sink()
+    listener = Listener("call-1", CallOption.model_validate({"codec": "pcm"}), models, sink,
+                        MediaConfig(vad_speech_chunk_windows=speech_chunk_windows), playing=lambda: None,
+                        on_barge_in=Owner().barge_in, on_speech=lambda: None)
+    listener.start()
+    pcm = np.concatenate([silence(300), tone(650), silence(700)])
+    for i in range(0, pcm.size, FRAME):
+        listener.feed(pcm[i:i + FRAME].astype("<i2").tobytes())
+        models.fed_ms = (i + FRAME) * 1000 // 16000
+        for _ in range(5):
+            await asyncio.sleep(0)
+    await sink.wait("asrFinal")
+    await stop(listener)
+    return models
+
+
+async def test_while_the_caller_speaks_each_vad_window_goes_alone_so_the_pause_is_seen_at_once():
+    models = await paced(1)
+    before = [n for at, n in models.vad_windows if at <= 300]
+    during = [n for at, n in models.vad_windows if 500 <= at <= 900]
+    after = [n for at, n in models.vad_windows if at >= 1600]
+    assert before and set(before) == {3}  # between turns: 96 ms chunks
+    assert during and set(during) == {1}  # speaking: one 32 ms window per request
+    assert after and set(after) == {3}  # the turn over: back to chunks
+    # The tone ends at 950 ms; the first quiet window is [960, 992) ms: the pause's transcript
+    # is asked for as soon as the frame that completes it (20 ms frames: the one ending at
+    # 1000 ms) is in.
+    assert models.first_asr_at_ms == 1000
+    # In 96 ms chunks throughout, that window waited for the rest of its chunk, [960, 1056).
+    old = await paced(0)
+    assert old.first_asr_at_ms == 1060

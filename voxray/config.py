@@ -68,6 +68,10 @@ class MediaSettings(BaseModel):
     # 96 ms per VAD request per call: `/call` reads its socket once per chunk (see
     # ws_receive_max_wait_ms), and `speaking` needs minSpeechMs (96) of speech anyway.
     vad_chunk_windows: int = Field(3, ge=1, le=16)
+    vad_speech_chunk_windows: int = Field(1, ge=0, le=16, description="VAD windows (32 ms) per request while "
+                                          "the caller speaks: the first quiet window, which starts the turn's "
+                                          "transcript, is judged the moment it is in, not when its chunk is "
+                                          "full (0: vad_chunk_windows throughout)")
     # The /call media plane's CPU per call (bench/media_plane.py measures these defaults
     # beside the old behaviour: vad_in_process false, the two below 0, vad_chunk_windows 2).
     vad_in_process: bool = Field(True, description="run Silero in the process that holds the call's audio: "

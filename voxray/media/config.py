@@ -12,6 +12,7 @@ from voxray.protocol import events as ev
 class MediaConfig:
     ptime_ms: int = 20
     vad_chunk_windows: int = 3  # 96 ms of audio per VAD request per call
+    vad_speech_chunk_windows: int = 1  # ... while the caller speaks (0: vad_chunk_windows throughout)
     vad_in_process: bool = True  # Silero in the process holding the audio (ingress, UA worker), not a deployment
     vad_model: str | None = None  # its ONNX file (None: the packaged one)
     vad_batch_window_ms: int = 20  # the most a chunk waits for other calls' chunks (0: none)

@@ -181,10 +181,20 @@ class Listener:
             pcm16 = self._denoiser.process(pcm16)
         self._frame16k = pcm16.size or self._frame16k
         self._pending16k = np.concatenate((self._pending16k, pcm16))
-        chunk = WINDOW * self.config.vad_chunk_windows
+        chunk = WINDOW * self.chunk_windows()
         while self._pending16k.size >= chunk:
             self._vad_queue.put_nowait(self._pending16k[:chunk])
             self._pending16k = self._pending16k[chunk:]
+
+    def chunk_windows(self) -> int:
+        """VAD windows per request now. While the caller speaks, each window goes alone: the
+        pause's first quiet window starts the turn's transcript, and in a 96 ms chunk it
+        waited up to 64 ms for the rest of the chunk. Between turns, the larger chunks
+        keep the media plane cheap (a caller's onset needs 96 ms of speech anyway)."""
+        speech = self.config.vad_speech_chunk_windows
+        if speech and self.segmenter.speaking:
+            return min(speech, self.config.vad_chunk_windows)
+        return self.config.vad_chunk_windows
 
     def audio_due(self) -> float | None:
         """When (time.monotonic()) the caller's frame that completes the next VAD chunk should
@@ -192,7 +202,7 @@ class Listener:
         in batches (`/call` through Serve's proxy) read then, not on every frame."""
         if not self._frame16k:
             return None
-        missing = WINDOW * self.config.vad_chunk_windows - self._pending16k.size
+        missing = WINDOW * self.chunk_windows() - self._pending16k.size
         return self.last_audio_in + math.ceil(missing / self._frame16k) * self._frame16k / 16000
 
     def _epoch(self, pos_ms: int) -> int:
