@@ -37,7 +37,20 @@ from tests.wsclient import CallClient  # noqa: E402
 
 CALL_TIMEOUT_S = 90.0
 DRAIN_HOLD_S = 22.0  # past Serve's default graceful_shutdown_timeout_s (20 s)
-MAX_PLACEMENT_TRIES = 6
+MAX_PLACEMENT_TRIES = 6  # calls held open to get one on each replica (the loops below may place twice that)
+
+
+async def placement_tries(max_calls: int):
+    """Indices of calls to place until one lands where a phase wants it, with a growing
+    pause between them (0.25 s up to 2 s): HAProxy balances, and a replica Serve counts
+    as running joins a node's HAProxy only once the proxy has its new config and reloaded,
+    which took 2-5 s on a busy 2-core machine (back to back, 12 calls all went to the old
+    replica before that)."""
+    pause = 0.25
+    for i in range(max_calls):
+        yield i
+        await asyncio.sleep(pause)
+        pause = min(2.0, pause * 2)
 
 
 def log(*a) -> None:
@@ -91,7 +104,7 @@ async def spread_phase(server: str, speech: np.ndarray) -> dict:
     peers: list = []
     clients: list[CallClient] = []
     try:
-        for i in range(MAX_PLACEMENT_TRIES):
+        async for i in placement_tries(MAX_PLACEMENT_TRIES * 2):
             peer = RtcPeer(np.concatenate([np.zeros(8000, np.int16), speech]))
             client = await CallClient.connect(f"ws://{server}/call/webrtc?id=mn{i}")
             peers.append(peer)
@@ -142,7 +155,7 @@ async def node_loss_phase(server: str, speech: np.ndarray, cluster, worker) -> d
     payload = np.concatenate([np.zeros(4000, np.int16), speech, np.zeros(16000, np.int16)]).tobytes()
     try:
         replica_node = ingress_replica_nodes()
-        for i in range(MAX_PLACEMENT_TRIES * 2):
+        async for i in placement_tries(MAX_PLACEMENT_TRIES * 2):
             cid = f"nl{i}"
             client = await CallClient.connect(f"ws://{server}/call?id={cid}")
             await client.send({"command": "invite", "option": {"codec": "pcm"}})
@@ -217,7 +230,7 @@ async def node_loss_phase(server: str, speech: np.ndarray, cluster, worker) -> d
                 break
             await asyncio.sleep(1)
         answered, on_new_node = 0, False
-        for i in range(MAX_PLACEMENT_TRIES * 2):
+        async for i in placement_tries(MAX_PLACEMENT_TRIES * 4):
             cid = f"nlnew{i}"
             c = await CallClient.connect(f"ws://{server}/call?id={cid}")
             clients[cid] = c
@@ -265,7 +278,7 @@ async def drain_phase(server: str, speech: np.ndarray, config) -> dict:
     clients: list[CallClient] = []
     payload = np.concatenate([np.zeros(4000, np.int16), speech, np.zeros(16000, np.int16)]).tobytes()
     try:
-        for i in range(MAX_PLACEMENT_TRIES):
+        async for i in placement_tries(MAX_PLACEMENT_TRIES * 2):
             client = await CallClient.connect(f"ws://{server}/call?id=dr{i}")
             clients.append(client)
             await client.send({"command": "invite", "option": {"codec": "pcm"}})
