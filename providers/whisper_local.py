@@ -67,10 +67,10 @@ def looks_repeated(text: str) -> bool:
     jacket ... at my house. I ordered": tiny.en in a window that ends near the speech)."""
     words = [w.strip(".,?!;:").lower() for w in text.split()]
     n = len(words)
-    if any(n % k == 0 and words == words[:n // k] * k for k in range(2, n + 1)):
-        return True
-    # A phrase of three words or more, twice in full, then the start of it again.
-    return any(all(words[i] == words[i - p] for i in range(p, n)) for p in range(3, n // 2 + 1))
+    # The words repeat with period p at least twice over: whole copies for any phrase, or
+    # for one of three words or more, a last copy cut short.
+    return any((p >= 3 or n % p == 0) and all(words[i] == words[i - p] for i in range(p, n))
+               for p in range(1, n // 2 + 1))
 
 
 @dataclass(frozen=True)

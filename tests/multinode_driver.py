@@ -37,7 +37,7 @@ from tests.wsclient import CallClient  # noqa: E402
 
 CALL_TIMEOUT_S = 90.0
 DRAIN_HOLD_S = 22.0  # past Serve's default graceful_shutdown_timeout_s (20 s)
-MAX_PLACEMENT_TRIES = 6  # calls held open to get one on each replica (the loops below may place twice that)
+MAX_PLACEMENT_TRIES = 6  # the loops below place up to 2x (calls held open) or 4x (hung up) this many calls
 
 
 async def placement_tries(max_calls: int):

@@ -35,11 +35,13 @@ class Owner:
         self.speech_starts += 1
 
 
-def make(option: dict | None = None, models: FakeModels | None = None) -> tuple[Listener, Sink, FakeModels, Owner]:
+def make(option: dict | None = None, models: FakeModels | None = None,
+         config: MediaConfig | None = None) -> tuple[Listener, Sink, FakeModels, Owner]:
     models = models or FakeModels()
     sink, owner = Sink(), Owner()
     listener = Listener("call-1", CallOption.model_validate({"codec": "pcm", **(option or {})}), models, sink,
-                        MediaConfig(), playing=owner.playing, on_barge_in=owner.barge_in, on_speech=owner.speech)
+                        config or MediaConfig(), playing=owner.playing, on_barge_in=owner.barge_in,
+                        on_speech=owner.speech)
     listener.start()
     return listener, sink, models, owner
 
@@ -239,11 +241,8 @@ class ChunkLog(FakeModels):
 
 async def paced(speech_chunk_windows: int) -> ChunkLog:
     """300 ms of silence, 650 ms of tone, silence, fed a frame at a time with the VAD keeping up."""
-    models, sink = ChunkLog(), Sink()
-    listener = Listener("call-1", CallOption.model_validate({"codec": "pcm"}), models, sink,
-                        MediaConfig(vad_speech_chunk_windows=speech_chunk_windows), playing=lambda: None,
-                        on_barge_in=Owner().barge_in, on_speech=lambda: None)
-    listener.start()
+    listener, sink, models, _ = make(models=ChunkLog(),
+                                     config=MediaConfig(vad_speech_chunk_windows=speech_chunk_windows))
     pcm = np.concatenate([silence(300), tone(650), silence(700)])
     for i in range(0, pcm.size, FRAME):
         listener.feed(pcm[i:i + FRAME].astype("<i2").tobytes())
