@@ -59,8 +59,14 @@ class ServeModelServices:
         deadline = time.monotonic() + self.retry_for_s
         delay = 0.1
         while True:
+            response = call()
             try:
-                return await call()
+                return await response
+            except asyncio.CancelledError:
+                # Serve leaves the request running on the replica when only the task awaiting
+                # it is cancelled: a speculation the caller talked over would still be decoded.
+                response.cancel()
+                raise
             except self._retryable as exc:
                 failures.append(f"{what} replica: {type(exc).__name__}")
                 log.warning("replica failed; retrying", extra={"what": what, "error": repr(exc)[:300]})
@@ -89,13 +95,19 @@ class ServeModelServices:
         deadline = time.monotonic() + self.retry_for_s
         while True:
             sent = False
+            stream = self._tts.options(stream=True).synthesize.remote(req)
             try:
-                async for audio in self._tts.options(stream=True).synthesize.remote(req):
+                async for audio in stream:
                     if not sent and failures:
                         audio = audio.model_copy(update={"failures": failures + audio.failures})
                     sent = True
                     yield audio
                 return
+            except (GeneratorExit, asyncio.CancelledError):
+                # The track stopped (interrupt, hangup) before its last piece: so does its
+                # synthesis on the replica, which cancelling this side alone would not stop.
+                stream.cancel()
+                raise
             except self._retryable as exc:
                 # Audio already played cannot be taken back: retry only before the first chunk.
                 if sent or time.monotonic() > deadline:
