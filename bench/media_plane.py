@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from bench.run import (  # noqa: E402
     OLD_MEDIA_PLANE, arm_watchdog, cpu_delta, free_port, machine_busy_seconds, own_cpu_seconds,
-    ray_cpu_seconds, refuse_other_cluster, start_server,
+    ray_cpu_seconds, refuse_other_cluster, start_server, variant_names,
 )
 
 RATE = 16000
@@ -336,10 +336,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.calls = [16] if args.quick else [int(c) for c in args.calls.split(",") if c.strip()]
     if args.quick:
         args.seconds = 6.0
-    args.variants = [v for v in args.variants.split(",") if v]
-    unknown = set(args.variants) - set(VARIANTS)
-    if unknown or not args.calls or min(args.calls) < 1:
-        p.error(f"unknown variants {sorted(unknown)}" if unknown else "--calls needs positive integers")
+    args.variants = variant_names(p, args.variants, VARIANTS)
+    if not args.calls or min(args.calls) < 1:
+        p.error("--calls needs positive integers")
     return args
 
 

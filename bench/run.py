@@ -465,6 +465,15 @@ def free_port() -> int:
     return free_listen_port()
 
 
+def variant_names(p: argparse.ArgumentParser, text: str, known) -> list[str]:
+    """A bench's `--variants` as names in order; argparse's error for any not in `known`."""
+    names = [v for v in text.split(",") if v]
+    unknown = set(names) - set(known)
+    if unknown:
+        p.error(f"unknown variants {sorted(unknown)}")
+    return names
+
+
 def refuse_other_cluster() -> None:
     """The bench always runs on an embedded Ray of its own (start_ray starts a new local
     instance even beside other Ray clusters on this machine); a RAY_ADDRESS in the

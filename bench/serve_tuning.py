@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: find `bench`
 
 from bench.ingress_proxy import app_args, fmt, measure_app, parsed, pooled_turns, run_child  # noqa: E402
+from bench.run import variant_names  # noqa: E402
 
 SERVE_DEFAULTS = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.1", "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "100"}
 # Serve's own defaults are "1" for both: a thread and loop each for user code and for the router.
@@ -83,10 +84,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--variants", default=DEFAULT_VARIANTS,
                    help=f"which of {', '.join(VARIANTS)}, alternating in this order (default {DEFAULT_VARIANTS})")
     args = parsed(p, argv)
-    args.variants = [v for v in args.variants.split(",") if v]
-    unknown = set(args.variants) - set(VARIANTS)
-    if unknown or not args.variants:
-        p.error(f"unknown variants {sorted(unknown)}" if unknown else "--variants needs at least one")
+    args.variants = variant_names(p, args.variants, VARIANTS)
+    if not args.variants:
+        p.error("--variants needs at least one")
     args.media_calls = args.media_calls[:1]  # the table has one media-plane column
     return args
 
