@@ -74,6 +74,7 @@ VARIANTS: dict[str, dict] = {
     "pull": {**OLD, "ws_receive_max_wait_ms": 80},
     "chunk": {**OLD, "vad_chunk_windows": 3},
     "vad+pull": {"vad_chunk_windows": 2, "ws_receive_max_wait_ms": 80},  # the new plane with the old 64 ms chunks
+    "ungated": {"vad_quiet_margin_db": 0.0},  # the new plane with Silero on every window (no quiet gate)
 }
 DEFAULT_VARIANTS = ("old", "new")
 

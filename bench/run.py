@@ -89,7 +89,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 # The settings that bring back the behaviour before "fast turns" (each is a real,
 # documented setting; the defaults are the new behaviour).
 OLD_MEDIA_PLANE = {"vad_in_process": False, "vad_batch_window_ms": 0, "ws_receive_max_wait_ms": 0,
-                   "vad_chunk_windows": 2, "vad_speech_chunk_windows": 0}
+                   "vad_chunk_windows": 2, "vad_speech_chunk_windows": 0, "vad_quiet_margin_db": 0.0}
 OLD = {
     "models": {"whisper_bucket_s": 30.0, "whisper_queue": "fifo", "tts_slots": 0, "whisper_workers": 1,
                "whisper_threads": 2, "piper_threads": 0, "whisper_max_batch": 8, "partial_max_load": 1.0},

@@ -242,7 +242,8 @@ class ChunkLog(FakeModels):
 async def paced(speech_chunk_windows: int) -> ChunkLog:
     """300 ms of silence, 650 ms of tone, silence, fed a frame at a time with the VAD keeping up."""
     listener, sink, models, _ = make(models=ChunkLog(),
-                                     config=MediaConfig(vad_speech_chunk_windows=speech_chunk_windows))
+                                     config=MediaConfig(vad_speech_chunk_windows=speech_chunk_windows,
+                                                       vad_quiet_margin_db=0))  # every chunk scored
     pcm = np.concatenate([silence(300), tone(650), silence(700)])
     for i in range(0, pcm.size, FRAME):
         listener.feed(pcm[i:i + FRAME].astype("<i2").tobytes())

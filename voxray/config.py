@@ -79,6 +79,10 @@ class MediaSettings(BaseModel):
                                  "the VadDeployment, a Serve handle call per batch)")
     vad_model: str | None = Field(None, description="Silero ONNX file for in-process VAD; default: "
                                   "models.silero_vad, else the one silero-vad ships")
+    vad_quiet_margin_db: float = Field(6.0, ge=0, le=40, description="between turns, a VAD chunk whose windows "
+                                       "are all within this many dB of the line noise Silero last scored as quiet "
+                                       "is scored quiet without running Silero (voxray/media/vad_gate.py); "
+                                       "0: Silero on every window")
     vad_batch_window_ms: int = Field(20, ge=0, le=100, description="a VAD chunk waits at most this long "
                                      "for other calls' chunks (0: it leaves at once when no batch is in flight)")
     ws_receive_max_wait_ms: int = Field(110, ge=0, le=500, description="/call: read the socket from Serve's "

@@ -15,6 +15,7 @@ class MediaConfig:
     vad_speech_chunk_windows: int = 1  # ... while the caller speaks (0: vad_chunk_windows throughout)
     vad_in_process: bool = True  # Silero in the process holding the audio (ingress, UA worker), not a deployment
     vad_model: str | None = None  # its ONNX file (None: the packaged one)
+    vad_quiet_margin_db: float = 6.0  # between turns, chunks this close to the line's quiet skip Silero (0: never)
     vad_batch_window_ms: int = 20  # the most a chunk waits for other calls' chunks (0: none)
     ws_receive_max_wait_ms: int = 110  # /call: the most a message waits in Serve's proxy (0: one read per message)
     end_silence_ms: int = 480  # silence that ends a turn when its transcript says nothing either way

@@ -35,6 +35,7 @@ from voxray.media.messages import AsrRequest, AsrResult, CallCredentials, VadChu
 from voxray.media.playout import Track
 from voxray.media.resample import Resampler
 from voxray.media.services import ModelServices
+from voxray.media.vad_gate import GateConfig, QuietGate, window_levels_db
 from voxray.media.vad_segmenter import (
     WINDOW, SegmentEvent, SegmenterConfig, SpeechEnded, SpeechPaused, SpeechResumed,
     SpeechStarted, VadSegmenter,
@@ -118,6 +119,7 @@ class Listener:
         self._vad_queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
         self._vad_state: bytes | None = None
         self._vad_context: bytes | None = None
+        self._gate = QuietGate(GateConfig(margin_db=config.vad_quiet_margin_db))
         self._asr_queue: asyncio.Queue[tuple[int, SpeechEnded, Speculation | None] | None] = asyncio.Queue()
         self._utterance_index = itertools.count()
         self._current_index = -1
@@ -221,17 +223,25 @@ class Listener:
                     break
                 parts.append(nxt)
             audio = np.concatenate(parts)
-            try:
-                res = await self.services.vad(VadChunk(
-                    key=self.call_id, pcm=audio.astype("<i2").tobytes(),
-                    state=self._vad_state, context=self._vad_context,
-                ))
-            except Exception as exc:
-                log.warning("vad failed", extra={"error": repr(exc)})
-                await self.sink.emit(ev.Error(sender="vad", error=f"vad failed: {exc}", code=503))
-                continue
-            self._vad_state, self._vad_context = res.state, res.context
-            for i, prob in enumerate(res.probs):
+            levels = window_levels_db(audio)
+            if self._gate.skip(levels, in_turn=self.segmenter.speaking):
+                # Steady line noise between turns: Silero's state and context stay as they
+                # were, a line like the one they last saw.
+                probs = [0.0] * levels.size
+            else:
+                try:
+                    res = await self.services.vad(VadChunk(
+                        key=self.call_id, pcm=audio.astype("<i2").tobytes(),
+                        state=self._vad_state, context=self._vad_context,
+                    ))
+                except Exception as exc:
+                    log.warning("vad failed", extra={"error": repr(exc)})
+                    await self.sink.emit(ev.Error(sender="vad", error=f"vad failed: {exc}", code=503))
+                    continue
+                self._vad_state, self._vad_context = res.state, res.context
+                probs = res.probs
+                self._gate.observe(levels, probs)
+            for i, prob in enumerate(probs):
                 window = audio[i * WINDOW:(i + 1) * WINDOW]
                 for event in self.segmenter.push(window, prob):
                     await self._on_segment(event)
