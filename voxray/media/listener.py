@@ -1,7 +1,8 @@
 """The caller's half of a call: audio in -> VAD -> turns -> transcripts.
 
 Each frame is decoded, resampled to 16 kHz (and denoised if asked), re-chunked for
-Silero and sent to the VAD model; the segmenter turns probabilities into turns
+Silero and sent to the VAD model, unless it is steady line noise between turns
+(`vad_gate`); the segmenter turns probabilities into turns
 (`speaking`, `silence`). When the caller pauses, the pause's audio is already what
 the turn will hold, so it is transcribed at once (a *speculation*): its text says
 how long the pause may last (`end_of_turn`), comes out as `asrDelta`, and becomes the
@@ -223,24 +224,9 @@ class Listener:
                     break
                 parts.append(nxt)
             audio = np.concatenate(parts)
-            levels = window_levels_db(audio)
-            if self._gate.skip(levels, in_turn=self.segmenter.speaking):
-                # Steady line noise between turns: Silero's state and context stay as they
-                # were, a line like the one they last saw.
-                probs = [0.0] * levels.size
-            else:
-                try:
-                    res = await self.services.vad(VadChunk(
-                        key=self.call_id, pcm=audio.astype("<i2").tobytes(),
-                        state=self._vad_state, context=self._vad_context,
-                    ))
-                except Exception as exc:
-                    log.warning("vad failed", extra={"error": repr(exc)})
-                    await self.sink.emit(ev.Error(sender="vad", error=f"vad failed: {exc}", code=503))
-                    continue
-                self._vad_state, self._vad_context = res.state, res.context
-                probs = res.probs
-                self._gate.observe(levels, probs)
+            probs = await self._speech_probs(audio)
+            if probs is None:
+                continue
             for i, prob in enumerate(probs):
                 window = audio[i * WINDOW:(i + 1) * WINDOW]
                 for event in self.segmenter.push(window, prob):
@@ -248,6 +234,26 @@ class Listener:
                 await self._check_barge_in(prob)
                 await self._check_no_input()
             self._maybe_partial()
+
+    async def _speech_probs(self, audio: np.ndarray) -> list[float] | None:
+        """Silero's score of each window of `audio`; None if the VAD call failed (reported)."""
+        levels = window_levels_db(audio)
+        if self._gate.skip(levels, in_turn=self.segmenter.speaking):
+            # Steady line noise between turns: Silero's state and context stay as they were,
+            # from a line like the one it last saw.
+            return [0.0] * levels.size
+        try:
+            res = await self.services.vad(VadChunk(
+                key=self.call_id, pcm=audio.astype("<i2").tobytes(),
+                state=self._vad_state, context=self._vad_context,
+            ))
+        except Exception as exc:
+            log.warning("vad failed", extra={"error": repr(exc)})
+            await self.sink.emit(ev.Error(sender="vad", error=f"vad failed: {exc}", code=503))
+            return None
+        self._vad_state, self._vad_context = res.state, res.context
+        self._gate.observe(levels, res.probs)
+        return res.probs
 
     async def _check_no_input(self) -> None:
         """`silence` once the caller has said nothing for `vad.silenceTimeout` ms, and again

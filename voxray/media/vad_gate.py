@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-WINDOW = 512  # Silero's window at 16 kHz (32 ms)
+from voxray.media.vad_segmenter import WINDOW  # Silero's window at 16 kHz (32 ms)
+
 _FLOOR = 1e-10  # -100 dBFS: digital silence has a level too
 
 
