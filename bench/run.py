@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -56,7 +57,10 @@ import psutil
 import websockets
 
 SENTENCE = "I would like to book a table for two people tonight at seven."
-REPLY = "Sure, a table for two at seven."
+# The reply opens as agents' replies do, with a short phrase heard before (kept by the
+# TTS: `media.tts_phrase_max_chars`), and goes on with words new to every turn.
+REPLY = "Sure, a table for two at seven, booking {n}."
+_replies = itertools.count(1)
 RATE = 16000
 FRAME_BYTES = 640  # 20 ms of 16-bit mono PCM at 16 kHz
 FRAME_SAMPLES = FRAME_BYTES // 2
@@ -93,7 +97,7 @@ OLD_MEDIA_PLANE = {"vad_in_process": False, "vad_batch_window_ms": 0, "ws_receiv
 OLD = {
     "models": {"whisper_bucket_s": 30.0, "whisper_queue": "fifo", "tts_slots": 0, "whisper_workers": 1,
                "whisper_threads": 2, "piper_threads": 0, "whisper_max_batch": 8, "partial_max_load": 1.0},
-    "media": {"speculative_asr": False, "tts_first_clause": False, **OLD_MEDIA_PLANE},
+    "media": {"speculative_asr": False, "tts_first_clause": False, "tts_phrase_max_chars": 0, **OLD_MEDIA_PLANE},
 }
 BEHAVIOURS = ("old", "new")
 
@@ -280,7 +284,7 @@ async def one_round(url: str, audio: CallerAudio) -> RoundResult:
             try:
                 final = await wait_final_after_eos(ws, eos, audio, result)
                 t_final = time.monotonic()
-                await ws.send(json.dumps({"command": "tts", "text": REPLY, "playId": "r1"}))
+                await ws.send(json.dumps({"command": "tts", "text": REPLY.format(n=next(_replies)), "playId": "r1"}))
                 t_audio = await first_audio(ws, time.monotonic() + TTS_TIMEOUT_S + Timeouts.slack_s, result)
                 t_eos = eos.result()
                 result.asr_ms = (t_final - t_eos) * 1000

@@ -1,5 +1,5 @@
 """active-call's call and tts options on /call, with real speech and the real models:
-the TTS cache (`cacheKey`), `volume`, `recorder`, `?ping=`, `inactivity`, codec `opus`,
+the TTS cache (`cacheKey`, and short openers kept without one), `volume`, `recorder`, `?ping=`, `inactivity`, codec `opus`,
 and fields voxray refuses by name (501) while the call goes on."""
 
 from __future__ import annotations
@@ -64,6 +64,26 @@ async def test_a_cache_key_replays_the_prompt_without_synthesis(voxray_server):
         n = len(client.events)
         await _say(client, text, "c", option={"cacheKey": key})
         assert (await client.wait_for("metrics", after=n, key="completed.tts.piper"))["data"]["cached"] is True
+    finally:
+        await client.close()
+
+
+async def test_a_short_opener_replays_without_synthesis(voxray_server):
+    """Two replies that open with the same "Sure," in the same voice: the second's first
+    piece is the first's audio, sample for sample (Piper draws its noise afresh for every
+    synthesis, so a new synthesis would differ), and its first-audio metric says so."""
+    client = await _invite(voxray_server)
+    try:
+        n = len(client.events)
+        _, first, _ = await _say(client, "Sure, the order left the warehouse this morning.", "o1")
+        _, second, _ = await _say(client, "Sure, your table is booked for seven tonight.", "o2")
+        ttfb = [e for e in client.events[n:] if e["event"] == "metrics" and e["key"] == "ttfb.tts.piper"]
+        assert [m["data"]["cached"] for m in ttfb][-1] is True
+        opener = 10  # 200 ms: inside "Sure," (~350 ms of Piper's voice)
+        assert b"".join(second[:opener]) == b"".join(first[:opener])
+        assert _rms(second[:opener]) > 300  # the opener itself, not silence before it
+        # What follows it is each reply's own words.
+        assert b"".join(second[opener + 25:opener + 35]) != b"".join(first[opener + 25:opener + 35])
     finally:
         await client.close()
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.fake_models import FakeModels, Sink, tone
+from voxray.media import tts_cache
 from voxray.media.config import MediaConfig
 from voxray.media.speaker import Speaker
 from voxray.protocol.commands import Background, Play, Tts
@@ -37,6 +38,14 @@ async def stop(speaker: Speaker) -> None:
     for t in speaker.pending_tasks():
         t.cancel()
     await asyncio.gather(*speaker.pending_tasks(), return_exceptions=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_tts_cache():
+    """Each test starts with an empty process cache (short pieces are kept without asking)."""
+    tts_cache._shared = None
+    yield
+    tts_cache._shared = None
 
 
 def tts(**kw) -> Tts:
@@ -216,4 +225,57 @@ async def test_a_clip_without_play_id_is_known_by_its_url_and_replaced_by_anothe
     starts = [e.play_id for e in sink.of("trackStart")]
     assert starts[0] == first and starts[1].endswith("b.wav")
     assert sink.of("interruption")[0].play_id == first  # the new clip cut the first one
+    await stop(speaker)
+
+
+async def test_a_short_piece_said_again_replays_from_the_cache():
+    speaker, sink, models, _ = make()
+    await speaker.tts(tts(text="Sure, " + "y" * 30, playId="a"))
+    await sink.wait("trackEnd")
+    await speaker.tts(tts(text="Sure, " + "z" * 20, playId="b", option={"volume": 2}))
+    await sink.wait("trackEnd", count=2)
+    # "Sure," went to the model once; each reply's own words every time.
+    assert [r.text for r in models.tts_requests] == ["Sure,", "y" * 30, "z" * 20]
+    ttfb = [e for e in sink.events if e.event == "metrics" and e.key == "ttfb.tts.fake"]
+    assert [m.data["cached"] for m in ttfb] == [False, True]
+    # The kept audio is the voice as synthesized: each track's volume applies as it plays.
+    pcm = heard(sink).astype(np.int64)
+    opener = 5 * 160  # "Sure," is 50 ms of the fake's tone
+    a, b = pcm[:opener], pcm[(50 + 300) * 16:(50 + 300) * 16 + opener]
+    assert np.abs(a).max() > 4000 and abs(np.abs(b).max() / np.abs(a).max() - 0.4) < 0.02
+    await stop(speaker)
+
+
+async def test_pieces_are_kept_only_when_short_same_voice_and_on_voxrays_account():
+    speaker, sink, models, _ = make()
+    for i, (text, extra) in enumerate([
+        ("Sure, " + "y" * 30, {}),
+        ("y" * 30, {}),  # over tts_phrase_max_chars: synthesized again
+        ("Sure, " + "y" * 30, {"option": {"speaker": "other"}}),  # another voice
+        ("Sure, " + "y" * 30, {"option": {"secretKey": "k", "endpoint": "http://127.0.0.1:9"}}),  # the agent's own
+    ]):
+        await speaker.tts(tts(text=text, playId=f"p{i}", **extra))
+        await sink.wait("trackEnd", count=i + 1)
+    assert [r.text for r in models.tts_requests] == ["Sure,", "y" * 30, "y" * 30, "Sure,", "y" * 30,
+                                                     "Sure,", "y" * 30]
+    await stop(speaker)
+    # Off (0): every piece is synthesized.
+    speaker, sink, models, _ = make(MediaConfig(tts_phrase_max_chars=0))
+    for i in range(2):
+        await speaker.tts(tts(text="Sure, " + "y" * 30, playId=f"q{i}"))
+        await sink.wait("trackEnd", count=i + 1)
+    assert [r.text for r in models.tts_requests].count("Sure,") == 2
+    await stop(speaker)
+
+
+async def test_a_failed_piece_is_not_kept():
+    speaker, sink, models, _ = make()
+    models.fail_tts = True
+    await speaker.tts(tts(text="Sure.", playId="a"))
+    await sink.wait("trackEnd")
+    models.fail_tts = False
+    await speaker.tts(tts(text="Sure.", playId="b"))
+    await sink.wait("trackEnd", count=2)
+    assert [r.text for r in models.tts_requests] == ["Sure.", "Sure."]
+    assert len(sink.frames) == 3  # the second one played (50 ms), from the model
     await stop(speaker)

@@ -102,6 +102,10 @@ class MediaSettings(BaseModel):
                                "canceller's own search (~500 ms)")
     tts_cache_mb: float = Field(64.0, ge=0, le=4096, description="audio of `tts` commands with a cacheKey kept "
                                 "per process for replay without synthesis (0: no cache)")
+    tts_phrase_max_chars: int = Field(24, ge=0, le=200, description="a piece of a reply this short (an opener "
+                                      "such as \"Sure,\" or \"One moment.\") is kept in that cache too and "
+                                      "replays without synthesis when a reply says it again in the same voice; "
+                                      "0: only cacheKey")
     recordings_dir: str = Field("~/.voxray/recordings", description="where call recordings are written: "
                                 "`recorder.recorderFile` names a file inside it ({id}: the call id)")
     play_dirs: list[str] = Field(default_factory=list, description="folders `play` may read files from")

@@ -26,6 +26,7 @@ class MediaConfig:
     echo_cancel: bool = False  # cancel our own voice in the caller's audio (voxray/media/echo.py): lines with echo
     echo_delay_ms: int = 0  # expected echo delay beyond what the canceller finds itself (~500 ms)
     tts_cache_mb: float = 64.0  # audio of `tts` with a cacheKey, per process (0: no cache)
+    tts_phrase_max_chars: int = 24  # pieces this short ("Sure,", "One moment.") replay from that cache (0: never)
     recordings_dir: str = "~/.voxray/recordings"  # `recorder.recorderFile` names a file in here
     asr_provider: str | None = None
     tts_provider: str | None = None

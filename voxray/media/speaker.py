@@ -15,7 +15,8 @@ import binascii
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +32,7 @@ from voxray.media.playout import Playout, Track
 from voxray.media.resample import resample
 from voxray.media.services import ModelServices
 from voxray.media.text_chunker import TextChunker, split_first_clause
-from voxray.media.tts_cache import TtsCache, cache_key, shared_cache
+from voxray.media.tts_cache import TtsCache, cache_key, phrase_key, shared_cache
 from voxray.protocol import events as ev
 from voxray.protocol.commands import Background, Play, Tts
 from voxray.protocol.errors import ProtocolError
@@ -238,26 +239,22 @@ class Speaker:
                             data={"playId": track.play_id, "cached": False, "length": track.fed * 2}))
                     return
                 try:
-                    req = self._tts_request(piece, cmd).model_copy(update={"first_piece": first})
-                    async for audio in self.services.synthesize(req):
-                        if audio.failures:
-                            await self.sink.emit(fallback_metrics("tts", audio.provider, audio.failures))
-                        if first:
-                            first = False
-                            # From the command (first token when streaming) to first audio.
-                            await self.sink.emit(ev.Metrics(
-                                key=f"ttfb.tts.{audio.provider}",
-                                duration=int((time.perf_counter() - feed.created) * 1000),
-                                data={"playId": track.play_id, "streaming": feed.streaming},
-                            ))
-                        provider = audio.provider
-                        pcm = np.frombuffer(audio.pcm, dtype="<i2").astype(np.int16)
-                        if gain != 1.0:  # SynthesisOption.volume: 5 is the voice as synthesized
-                            pcm = np.clip(np.rint(pcm * np.float32(gain)), -32768, 32767).astype(np.int16)
-                        if kept is not None:
-                            kept.append(pcm)
-                        track.feed(pcm)
-                        self._audio_ready.set()
+                    async with aclosing(self._piece_audio(piece, cmd, first)) as audio_of_piece:
+                        async for pcm, provider, cached in audio_of_piece:
+                            if first:
+                                first = False
+                                # From the command (first token when streaming) to first audio.
+                                await self.sink.emit(ev.Metrics(
+                                    key=f"ttfb.tts.{provider}",
+                                    duration=int((time.perf_counter() - feed.created) * 1000),
+                                    data={"playId": track.play_id, "streaming": feed.streaming, "cached": cached},
+                                ))
+                            if gain != 1.0:  # SynthesisOption.volume: 5 is the voice as synthesized
+                                pcm = np.clip(np.rint(pcm * np.float32(gain)), -32768, 32767).astype(np.int16)
+                            if kept is not None:
+                                kept.append(pcm)
+                            track.feed(pcm)
+                            self._audio_ready.set()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -268,6 +265,44 @@ class Speaker:
             feed.open = False
             track.finish_feeding()
             self._audio_ready.set()
+
+    async def _piece_audio(self, piece: str, cmd: Tts, first: bool) -> AsyncIterator[tuple[np.ndarray, str, bool]]:
+        """One piece's audio as it comes, with who made it and whether it was kept: a short
+        phrase said before in the same voice replays from the process's cache, anything
+        else is synthesized (and a short phrase kept for next time)."""
+        req = self._tts_request(piece, cmd).model_copy(update={"first_piece": first})
+        key = self._phrase_key(req)
+        cached = self.tts_cache.get(key) if key else None
+        if cached is not None:
+            yield cached.pcm, cached.provider, True
+            return
+        kept: list[np.ndarray] = []
+        failed = False
+        provider = None
+        async with aclosing(self.services.synthesize(req)) as stream:
+            async for audio in stream:
+                if audio.failures:
+                    failed = True  # another provider's voice: not what the key names
+                    await self.sink.emit(fallback_metrics("tts", audio.provider, audio.failures))
+                provider = audio.provider
+                pcm = np.frombuffer(audio.pcm, dtype="<i2").astype(np.int16)
+                if key:
+                    kept.append(pcm)
+                yield pcm, audio.provider, False
+        if key and kept and provider and not failed:
+            self.tts_cache.put(key, np.concatenate(kept), provider)
+
+    def _phrase_key(self, req: TtsRequest) -> str | None:
+        """The cache entry of a short piece (an opener like "Sure,"), or None: too long to
+        repeat often, no cache, or synthesized on the agent's own account or endpoint."""
+        limit = self.config.tts_phrase_max_chars
+        text = req.text.strip()
+        if not (limit and self.tts_cache is not None and text and len(text) <= limit):
+            return None
+        if req.creds is not None and (req.creds.secret_key or req.creds.endpoint):
+            return None
+        return phrase_key(text, provider=req.provider, speaker=req.speaker, speed=req.speed,
+                          sample_rate=req.sample_rate)
 
     async def interrupt(self, graceful: bool = False) -> None:
         dropped = self.playout.drop_queued() if graceful else self.playout.drop_all()

@@ -4,8 +4,10 @@ second time (active-call's TTS cache).
 One cache per process (the ingress replica for `/call`, each UA worker for SIP and
 WebRTC), shared by its calls, bounded in bytes, least recently used out first. Keys are
 the agent's `cacheKey` plus everything that changes the audio (provider, voice, speed,
-sample rate), so one key asked for in two voices is two entries; without a `cacheKey`
-nothing is cached (an agent's replies rarely repeat word for word, its prompts do).
+sample rate), so one key asked for in two voices is two entries. Without a `cacheKey` a
+reply is not kept whole (an agent's replies rarely repeat word for word, its prompts do),
+but its short pieces are (`media.tts_phrase_max_chars`): openers such as "Sure," or "One
+moment." come back all the time, and a reply's first piece is what the caller waits for.
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ def cache_key(agent_key: str, *, provider: str | None, speaker: str | None, spee
               sample_rate: int, volume: int) -> str:
     """The entry for an agent's `cacheKey` with the settings that shape its audio."""
     parts = "\x1f".join([agent_key, provider or "", speaker or "", f"{speed:g}", str(sample_rate), str(volume)])
+    return hashlib.sha256(parts.encode()).hexdigest()
+
+
+def phrase_key(text: str, *, provider: str | None, speaker: str | None, speed: float, sample_rate: int) -> str:
+    """The entry for a short piece of a reply, kept without the agent asking: its text in
+    one voice, before the track's volume (applied as it plays)."""
+    parts = "\x1f".join(["phrase", text, provider or "", speaker or "", f"{speed:g}", str(sample_rate)])
     return hashlib.sha256(parts.encode()).hexdigest()
 
 
