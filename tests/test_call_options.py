@@ -1,6 +1,6 @@
 """active-call's call and tts options on /call, with real speech and the real models:
-the TTS cache (`cacheKey`, and short openers kept without one), `volume`, `recorder`, `?ping=`, `inactivity`, codec `opus`,
-and fields voxray refuses by name (501) while the call goes on."""
+the TTS cache (`cacheKey`, and short openers kept without one), `volume`, `recorder`,
+`?ping=`, `inactivity`, codec `opus`, and fields voxray refuses by name (501) while the call goes on."""
 
 from __future__ import annotations
 
