@@ -279,3 +279,16 @@ async def test_a_failed_piece_is_not_kept():
     assert [r.text for r in models.tts_requests] == ["Sure.", "Sure."]
     assert len(sink.frames) == 3  # the second one played (50 ms), from the model
     await stop(speaker)
+
+
+async def test_a_streamed_reply_plays_its_kept_opener_before_the_rest_is_written():
+    speaker, sink, models, _ = make()
+    await speaker.tts(tts(text="Sure, " + "y" * 30, playId="a"))  # "Sure," is kept from here on
+    await sink.wait("trackEnd")
+    for token in ["Sure", ", I can", " help"]:  # the model is still writing its sentence
+        await speaker.tts(tts(text=token, playId="s", streaming=True))
+    await sink.wait("trackStart", count=2, timeout=1.0)  # the opener plays already
+    await speaker.tts(tts(text=" you today.", playId="s", streaming=True, endOfStream=True))
+    await sink.wait("trackEnd", count=2)
+    assert [r.text for r in models.tts_requests] == ["Sure,", "y" * 30, "I can help you today."]
+    await stop(speaker)

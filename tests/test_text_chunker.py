@@ -26,3 +26,13 @@ def test_streamed_tokens_cut_the_first_clause_early_then_sentences():
         out += c.push(tok)
     out += c.flush()
     assert out == ["Of course,", "I can help with that.", "Your booking is confirmed.", "See you"]
+
+
+def test_a_short_first_clause_ready_to_play_is_cut_at_once():
+    tokens = ["Sure", ", I can", " help with that.", " Anything else?"]
+    plain, ready = TextChunker(), TextChunker(ready=lambda clause: clause == "Sure,")
+    assert [p for t in tokens for p in plain.push(t)] == ["Sure, I can help with that.", "Anything else?"]
+    assert [p for t in tokens for p in ready.push(t)] == ["Sure,", "I can help with that.", "Anything else?"]
+    # Only the first piece: later clauses wait for their sentence.
+    later = TextChunker(ready=lambda clause: True)
+    assert [p for t in ["Okay.", " So, then", " we go."] for p in later.push(t)] == ["Okay.", "So, then we go."]

@@ -162,7 +162,8 @@ class Speaker:
                                             data={"playId": track.play_id, "cached": True,
                                                   "length": int(cached.pcm.nbytes)}))
             return
-        feed = TrackFeed(track, streaming=cmd.streaming, first_clause=self.config.tts_first_clause)
+        feed = TrackFeed(track, streaming=cmd.streaming, first_clause=self.config.tts_first_clause,
+                         chunker=TextChunker(ready=lambda clause: self._phrase_kept(clause, cmd)))
         feed.push(cmd.text)
         if not cmd.streaming or cmd.end_of_stream:
             feed.close()
@@ -291,6 +292,11 @@ class Speaker:
                 yield pcm, audio.provider, False
         if key and kept and provider and not failed:
             self.tts_cache.put(key, np.concatenate(kept), provider)
+
+    def _phrase_kept(self, text: str, cmd: Tts) -> bool:
+        """Whether `text` would replay from the cache now (a streamed reply's opener)."""
+        key = self._phrase_key(self._tts_request(text, cmd))
+        return key is not None and self.tts_cache is not None and self.tts_cache.has(key)
 
     def _phrase_key(self, req: TtsRequest) -> str | None:
         """The cache entry of a short piece (an opener like "Sure,"), or None: too long to

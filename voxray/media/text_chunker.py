@@ -2,24 +2,29 @@
 
 Streamed LLM tokens: the first piece is cut early (at a clause) so speech starts
 while the model is still writing; later pieces are whole sentences, which sound more
-natural. A whole text (`split_first_clause`): its first clause is synthesized alone,
-so the caller hears it while the rest is synthesized.
+natural. A first clause shorter than that is cut too when it is ready to play at once
+(`ready`: an opener whose audio is kept, voxray/media/tts_cache.py). A whole text
+(`split_first_clause`): its first clause is synthesized alone, so the caller hears it
+while the rest is synthesized.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 _SENTENCE_END = re.compile(r"[.!?;:。！？]+[\"')\]]*(?=\s|$)")
 _CLAUSE_END = re.compile(r"[,，—–-]+(?=\s)")
 
 
 class TextChunker:
-    def __init__(self, first_clause_min_chars: int = 24, max_chars: int = 220) -> None:
+    def __init__(self, first_clause_min_chars: int = 24, max_chars: int = 220,
+                 ready: Callable[[str], bool] | None = None) -> None:
         self._buf = ""
         self._emitted = 0
         self.first_clause_min_chars = first_clause_min_chars
         self.max_chars = max_chars
+        self.ready = ready  # a first clause this says is ready to play is cut however short
 
     def push(self, tokens: str) -> list[str]:
         """Add tokens; return the pieces that are complete now."""
@@ -43,7 +48,8 @@ class TextChunker:
             cut = m.end()
         elif self._emitted == 0:
             for c in _CLAUSE_END.finditer(self._buf):
-                if c.end() >= self.first_clause_min_chars:
+                if c.end() >= self.first_clause_min_chars or (
+                        self.ready is not None and self.ready(self._buf[:c.end()].strip())):
                     cut = c.end()
                     break
         if cut is None and len(self._buf) > self.max_chars:

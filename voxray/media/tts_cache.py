@@ -61,6 +61,11 @@ class TtsCache:
             self.hits += 1
             return entry
 
+    def has(self, key: str) -> bool:
+        """Whether `key` is kept (counted neither a hit nor a miss)."""
+        with self._lock:
+            return key in self._entries
+
     def put(self, key: str, pcm: np.ndarray, provider: str) -> bool:
         """Keep `pcm` under `key`; False when it alone exceeds the cache."""
         size = pcm.nbytes
