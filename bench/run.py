@@ -57,6 +57,10 @@ import psutil
 import websockets
 
 SENTENCE = "I would like to book a table for two people tonight at seven."
+# With --pause-ms the caller stops mid-sentence, where people do ("I would like to ...
+# book a table"): the pause's speculative transcript reads unfinished and is dropped
+# when the caller goes on; a fixed silence wait cuts the turn there instead.
+PAUSED_AT = ("I would like to", "book a table for two people tonight at seven.")
 # The reply opens as agents' replies do, with a short phrase heard before (kept by the
 # TTS: `media.tts_phrase_max_chars`), and goes on with words new to every turn.
 REPLY = "Sure, a table for two at seven, booking {n}."
@@ -119,6 +123,7 @@ class CallerAudio:
     eos_sample: int  # index of the last speech sample within `pcm`
     speech_s: float
     trimmed_tail_ms: float  # Piper's near-silent tail not counted as speech
+    pause_ms: int = 0  # a mid-sentence pause (PAUSED_AT), 0: none
 
     @property
     def eos_frame(self) -> int:
@@ -129,18 +134,30 @@ class CallerAudio:
         return -(-len(self.pcm) // FRAME_BYTES)
 
 
-def make_caller_audio() -> CallerAudio:
-    """Synthesize the sentence once; every call of every level streams the same bytes."""
+def make_caller_audio(pause_ms: int = 0) -> CallerAudio:
+    """Synthesize the sentence once; every call of every level streams the same bytes.
+
+    With `pause_ms` its two halves (PAUSED_AT) are synthesized apart and joined by that much
+    silence, each trimmed of Piper's near-silent edges so that the pause is what it says.
+    """
     from voxray.speech import piper_speech
 
-    speech = piper_speech(SENTENCE, RATE)
+    if pause_ms:
+        halves = []
+        for text in PAUSED_AT:
+            part = piper_speech(text, RATE)
+            loud = np.nonzero(np.abs(part.astype(np.int32)) > SPEECH_END_THRESHOLD)[0]
+            halves.append(part[loud[0]:loud[-1] + 1] if loud.size else part)
+        speech = np.concatenate((halves[0], np.zeros(int(pause_ms * RATE / 1000), np.int16), halves[1]))
+    else:
+        speech = piper_speech(SENTENCE, RATE)
     loud = np.nonzero(np.abs(speech.astype(np.int32)) > SPEECH_END_THRESHOLD)[0]
     last = int(loud[-1]) if loud.size else speech.size - 1
     lead = np.zeros(int(LEAD_S * RATE), np.int16)
     trail = np.zeros(int(TRAIL_S * RATE), np.int16)
     pcm = np.concatenate((lead, speech, trail)).astype("<i2").tobytes()
     return CallerAudio(pcm=pcm, eos_sample=lead.size + last, speech_s=speech.size / RATE,
-                       trimmed_tail_ms=(speech.size - 1 - last) * 1000 / RATE)
+                       trimmed_tail_ms=(speech.size - 1 - last) * 1000 / RATE, pause_ms=pause_ms)
 
 
 # -- one call ---------------------------------------------------------------------
@@ -415,6 +432,9 @@ class LevelResult:
     asr_ms: list[float]
     tts_ms: list[float]
     transcripts: list[str]
+    whole: int = 0  # finals holding every word of the sentence (none cut off at a pause)
+    asr_decodes: int | None = None  # turn-end decodes (speculations included) the ASR replicas ran
+    asr_partials: int | None = None  # partial decodes they ran (skipped ones not counted)
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -429,6 +449,7 @@ async def run_level(url: str, audio: CallerAudio, calls: int, rounds: int, seed:
     stop = asyncio.Event()
     sampler = asyncio.create_task(peak_rss(stop))
     before, busy0, own0 = ray_cpu_seconds(), machine_busy_seconds(), own_cpu_seconds()
+    since = log_stamp()
     t0 = time.monotonic()
     per_call = await asyncio.gather(*(one_call(url, audio, rounds, random.Random(rng.random()))
                                       for _ in range(calls)))
@@ -440,6 +461,9 @@ async def run_level(url: str, audio: CallerAudio, calls: int, rounds: int, seed:
     other_s = max(0.0, (busy1 - busy0) - cpu_s - (own1 - own0))
     rs = [r for call in per_call for r in call]
     ok = [r for r in rs if r.ok]
+    await asyncio.sleep(0.5)  # the replicas' last log lines reach their files
+    decodes = await asyncio.to_thread(asr_decodes_since, since)
+    from bench.asr_set import words
     asr = [r.asr_ms for r in ok]
     tts = [r.tts_ms for r in ok]
     return LevelResult(
@@ -455,7 +479,44 @@ async def run_level(url: str, audio: CallerAudio, calls: int, rounds: int, seed:
         hangup_failures=sum(not r.hangup_ok for r in ok), early_finals=sum(r.early_finals for r in rs),
         failures=[r.failure for r in rs if r.failure], errors=[e for r in rs for e in r.errors],
         asr_ms=asr, tts_ms=tts, transcripts=[r.transcript for r in ok],
+        whole=sum(words(r.transcript or "") == words(SENTENCE) for r in ok),
+        asr_decodes=decodes[0] if decodes else None, asr_partials=decodes[1] if decodes else None,
     )
+
+
+def log_stamp() -> str:
+    """Now, as voxray's log lines stamp their time ("ts", UTC)."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+def asr_decodes_since(since: str) -> tuple[int, int] | None:
+    """(turn-end decodes, partial decodes) the ASR replicas logged since `since`, from this
+    Ray's worker logs (a decode logs "transcribed"; a request cancelled in the queue, a
+    speculation the caller talked over, logs nothing); None where the logs are not found."""
+    try:
+        import ray
+
+        logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path())
+    except Exception:
+        return None
+    finals = partials = 0
+    for path in logs.glob("worker-*.err"):
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if '"msg": "transcribed"' not in line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("ts", "") >= since:
+                partials += bool(rec.get("partial"))
+                finals += not rec.get("partial")
+    return finals, partials
 
 
 # -- server -------------------------------------------------------------------------
@@ -555,7 +616,8 @@ def report(levels: list[LevelResult], audio: CallerAudio, end_silence_ms: int, i
         table(levels),
         "",
         f'sample asrFinal: "{sample}"' if sample else "sample asrFinal: (none: every utterance dropped)",
-        f'spoken:          "{SENTENCE}"',
+        f'spoken:          "{SENTENCE}"' + (f" (with a {audio.pause_ms} ms pause after \"{PAUSED_AT[0]}\")"
+                                                   if audio.pause_ms else ""),
         f"Ray idle (no calls): {idle_cpu_pct:.1f}% of one core, included in cpu%/call; "
         f"Ray RSS before the levels {levels[0].ray_rss_mb:.0f} MB" if levels else "",
     ]
@@ -568,6 +630,11 @@ def report(levels: list[LevelResult], audio: CallerAudio, end_silence_ms: int, i
             extra.append(f"{lv.hangup_failures} hangups unconfirmed")
         if lv.early_finals:
             extra.append(f"{lv.early_finals} asrFinal before end of speech (split utterance)")
+        if audio.pause_ms:
+            extra.append(f"{lv.whole} of {lv.utterances} finals held the whole sentence")
+        if lv.asr_decodes is not None:
+            extra.append(f"ASR ran {lv.asr_decodes} turn-end decodes ({lv.asr_decodes / max(1, lv.utterances):.2f} "
+                         f"a turn) and {lv.asr_partials} partials")
         if lv.failures:
             extra.append("dropped: " + "; ".join(sorted(set(lv.failures))))
         if lv.errors:
@@ -585,7 +652,7 @@ def write_json(levels: list[LevelResult], audio: CallerAudio, args: argparse.Nam
                     "python": platform.python_version()},
         "settings": {"calls": args.calls, "rounds": args.rounds, "port": port, "sentence": SENTENCE,
                      "reply": REPLY, "speech_s": audio.speech_s, "eos_sample": audio.eos_sample,
-                     "trimmed_tail_ms": audio.trimmed_tail_ms, "stagger_s": STAGGER_S,
+                     "trimmed_tail_ms": audio.trimmed_tail_ms, "pause_ms": audio.pause_ms, "stagger_s": STAGGER_S,
                      "asr_timeout_s": ASR_TIMEOUT_S, "tts_timeout_s": TTS_TIMEOUT_S},
         "ray_idle_cpu_pct": idle_cpu_pct,
         "levels": [asdict(lv) for lv in levels],
@@ -613,6 +680,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", default=None,
                    help="TOML/JSON config the levels deploy (default: voxray's defaults), e.g. replica counts")
     p.add_argument("--seed", type=int, default=1, help="seed of the call-start stagger")
+    p.add_argument("--pause-ms", type=int, default=0,
+                   help=f"the caller pauses this long after \"{PAUSED_AT[0]}\" (a mid-sentence pause; default 0: none)")
     p.add_argument("--plot", default=str(RESULTS.parent.parent / "latency_cpu.png"),
                    help="PNG of latency and CPU per call against concurrent calls (bench/plot.py); "
                         "empty: none (default bench/latency_cpu.png)")
@@ -671,7 +740,7 @@ def main(argv: list[str] | None = None) -> None:
     vad = None if args.calls_only else vad_throughput.run(64, quick=args.quick, pipecat=not args.no_pipecat,
                                                           log=eprint)
     asr = [] if args.calls_only else asr_windows.run(quick=args.quick, log=eprint)
-    audio = make_caller_audio()
+    audio = make_caller_audio(args.pause_ms)
     config = VoxrayConfig.load(args.config) if args.config else VoxrayConfig()
     config.serve.host = "127.0.0.1"  # loopback only, whatever the environment says
     config.serve.port = free_port()
