@@ -62,7 +62,8 @@ async def test_a_turn_gives_speaking_silence_and_its_transcript():
     listener, sink, _, owner = make()
     say(listener, np.concatenate([silence(300), tone(600), silence(800)]))
     final = (await sink.wait("asrFinal"))[0]
-    assert sink.names()[:3] == ["speaking", "silence", "metrics"]
+    # The pause's transcript comes first: the turn ends once it says how the pause reads.
+    assert sink.names()[:4] == ["speaking", "asrDelta", "silence", "metrics"]
     assert final.text == "tone 600 ms" and final.index == 0
     assert final.end_time - final.start_time >= 600
     assert sink.of("eou")[0].completed is True
@@ -83,7 +84,9 @@ async def test_transcripts_keep_speaking_order_when_the_first_is_slow():
     models = FakeModels()
     models.asr_delay_s = [0.3, 0.0]
     listener, sink, _, _ = make(models=models)
-    say(listener, np.concatenate([tone(400), silence(700), tone(800), silence(700)]))
+    # 1300 ms: past the longest a pause waits for its transcript (1200), so the first turn ends
+    # with its transcript still out, and the second one's comes back first.
+    say(listener, np.concatenate([tone(400), silence(1300), tone(800), silence(700)]))
     finals = await sink.wait("asrFinal", count=2)
     assert [(f.index, f.text) for f in finals] == [(0, "tone 400 ms"), (1, "tone 800 ms")]
     await stop(listener)
@@ -270,3 +273,37 @@ async def test_while_the_caller_speaks_each_vad_window_goes_alone_so_the_pause_i
     # In 96 ms chunks throughout, that window waited for the rest of its chunk, [960, 1056).
     old = await paced(0)
     assert old.first_asr_at_ms == 1060
+
+
+async def test_a_pause_waits_for_its_late_transcript_before_the_usual_end():
+    """A loaded ASR answers a pause's speculation late: the caller who goes on after 700 ms
+    (past the usual 480) is not cut, and one who does not is ended by the transcript."""
+    models = FakeModels()
+    models.asr_delay_s = [1.0]  # the pause's transcript takes a second
+    listener, sink, _, _ = make(models=models)
+    say(listener, np.concatenate([tone(400), silence(700), tone(400), silence(200)]))
+    await asyncio.sleep(0.3)
+    assert sink.of("silence") == []  # the 700 ms gap did not end the turn
+    say(listener, silence(1500))
+    (final,) = await sink.wait("asrFinal")
+    assert final.text == "tone 800 ms"  # one turn, both tones
+    # The turn ended by the usual rule once its own transcript came back ("unknown").
+    assert sink.of("eou")[0].reason == "unknown"
+    await stop(listener)
+
+
+async def test_without_a_transcript_a_pause_ends_at_the_usual_wait():
+    models = FakeModels()
+    listener, sink, _, _ = make(models=models)
+    models.asr_delay_s = [0.2]
+    original = models.transcribe
+
+    async def failing(req):
+        await original(req)
+        raise RuntimeError("asr replica gone")
+
+    models.transcribe = failing
+    say(listener, np.concatenate([tone(400), silence(700)]))
+    (gap,) = await sink.wait("silence")
+    assert 480 <= gap.duration < 700  # released to the usual end, not held to 1200
+    await stop(listener)

@@ -88,6 +88,22 @@ def test_a_longer_wait_holds_the_turn_through_a_mid_sentence_pause():
     assert [type(e) for e in events] == [SpeechResumed, SpeechPaused, SpeechEnded]  # 320 ms again
 
 
+def test_a_released_wait_goes_back_to_the_usual_end():
+    seg, out = run([0.9] * 5 + [0.0] * 3)
+    assert seg.set_end_silence(1200) == []  # held while the pause's transcript is out
+    window = np.zeros(WINDOW, np.int16)
+    assert [e for _ in range(5) for e in seg.push(window, 0.0)] == []  # 256 ms: under 320
+    assert seg.release_end_silence() == []  # not yet due by the usual rule either
+    ended = [e for _ in range(2) for e in seg.push(window, 0.0)]  # 320 ms
+    assert [type(e) for e in ended] == [SpeechEnded] and ended[0].silence_ms == 320
+    # Released past the usual wait, the turn ends at once.
+    seg, _ = run([0.9] * 5 + [0.0] * 3)
+    seg.set_end_silence(1200)
+    assert [e for _ in range(9) for e in seg.push(window, 0.0)] == []  # 384 ms
+    assert [type(e) for e in seg.release_end_silence()] == [SpeechEnded]
+    assert seg.release_end_silence() == []  # no pause to release any more
+
+
 def test_hysteresis_keeps_speech_through_a_dip():
     probs = [0.9] * 5 + [0.4] * 3 + [0.9] * 5 + [0.0] * 10  # 0.4 is above the 0.35 release level
     _, out = run(probs)

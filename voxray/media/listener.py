@@ -312,6 +312,11 @@ class Listener:
         # Cancelled before it ran, the task never resolves the result: a final waiting on it must not hang.
         spec.task.add_done_callback(lambda _: spec.result.done() or spec.result.set_result(None))
         self._spec = spec
+        # Until its transcript says how the pause reads, the pause may last as long as any
+        # (the `incomplete` bound): a loaded ASR answers late, and a caller who pauses
+        # mid-sentence must not be cut at the usual wait meanwhile. What reads finished
+        # still ends the turn the moment its transcript is in (as the final needs it anyway).
+        self.segmenter.set_end_silence(self.eou.incomplete_ms)
 
     def _drop_speculation(self) -> None:
         if self._spec is not None:
@@ -338,6 +343,9 @@ class Listener:
             if not spec.result.done():
                 spec.result.set_result(result)
         if result is None:
+            if self._spec is spec:  # nothing to read the pause by: the usual end
+                for event in self.segmenter.release_end_silence():
+                    await self._on_segment(event)
             return
         # Where the speculation's time went (round trip, the replica's queue, the model), for the debug log.
         timing = {"asr_ms": int((time.perf_counter() - t0) * 1000), "queued_ms": int(result.queued_s * 1000),
@@ -351,9 +359,11 @@ class Listener:
         log.debug("end of turn", extra={"verdict": decision.verdict, "wait_ms": decision.wait_ms, **timing})
         if text:
             await self._delta(spec.index, text)
-        # "unknown" keeps the usual end (end_silence_ms of silence, as without speculation).
-        if self._spec is spec and decision.verdict != "unknown":
-            for event in self.segmenter.set_end_silence(decision.wait_ms):
+        if self._spec is spec:
+            # "unknown" keeps the usual end (end_silence_ms of silence, as without speculation).
+            events = (self.segmenter.release_end_silence() if decision.verdict == "unknown"
+                      else self.segmenter.set_end_silence(decision.wait_ms))
+            for event in events:
                 await self._on_segment(event)
 
     # -- barge-in --------------------------------------------------------------------

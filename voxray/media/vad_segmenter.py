@@ -11,8 +11,8 @@ onset threshold (`pause_ms`): the utterance so far, speech and Silero's ~100 ms 
 release included, is what the caller said if they say nothing more, so its transcript
 can be started early; `SpeechResumed` (a window back above the threshold) says that
 audio is void. How long the pause may last before the turn ends can be set for each
-pause (`set_end_silence`), e.g. from that transcript; until then the turn ends after
-`end_silence_ms` of silence (below the lower threshold).
+pause (`set_end_silence`, `release_end_silence`), e.g. from that transcript; unless set,
+the turn ends after `end_silence_ms` of silence (below the lower threshold).
 """
 
 from __future__ import annotations
@@ -116,6 +116,16 @@ class VadSegmenter:
             return []
         self._pause_wait_ms = ms
         if self.silence_ms >= ms:
+            return [self._finish(self._pos - 1, forced=False)]
+        return []
+
+    def release_end_silence(self) -> list[SegmentEvent]:
+        """Back to the usual end for this pause (`end_silence_ms` of silence) after a wait set
+        with `set_end_silence`. Returns the end at once if the pause is already that long."""
+        if not (self._speaking and self._paused):
+            return []
+        self._pause_wait_ms = None
+        if self._turn_over():
             return [self._finish(self._pos - 1, forced=False)]
         return []
 
