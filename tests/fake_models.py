@@ -39,6 +39,7 @@ class FakeModels:
         self.asr_delay_s: list[float] = []  # per request, in order (then none)
         self.fail_vad = 0  # the next n VAD calls fail
         self.fail_tts = False
+        self.tts_chunk_gap_s = 0.0  # between a synthesis's two chunks (a model that streams)
 
     async def vad(self, chunk: VadChunk) -> VadChunkResult:
         if self.fail_vad:
@@ -64,7 +65,9 @@ class FakeModels:
             raise RuntimeError("tts provider down")
         pcm = tone(10 * len(req.text), req.sample_rate)
         half = pcm.size // 2
-        for part in (pcm[:half], pcm[half:]):  # two chunks, as a streaming model sends them
+        for i, part in enumerate((pcm[:half], pcm[half:])):  # two chunks, as a streaming model sends them
+            if i and self.tts_chunk_gap_s:
+                await asyncio.sleep(self.tts_chunk_gap_s)
             yield TtsAudio(pcm=part.astype("<i2").tobytes(), sample_rate=req.sample_rate, provider="fake")
 
 

@@ -292,3 +292,17 @@ async def test_a_streamed_reply_plays_its_kept_opener_before_the_rest_is_written
     await sink.wait("trackEnd", count=2)
     assert [r.text for r in models.tts_requests] == ["Sure,", "y" * 30, "I can help you today."]
     await stop(speaker)
+
+
+async def test_a_short_piece_is_kept_when_its_track_is_cut_at_its_first_sound():
+    """The bench's callers hang up at the reply's first frame; a barge-in can come as early."""
+    models = FakeModels()
+    models.tts_chunk_gap_s = 0.2
+    speaker, sink, models, _ = make(models=models)
+    await speaker.tts(tts(text="Sure, " + "y" * 30, playId="a"))
+    await sink.wait("trackStart")
+    await speaker.interrupt()
+    await speaker.tts(tts(text="Sure, " + "z" * 20, playId="b"))
+    await sink.wait("trackEnd", count=2)
+    assert [r.text for r in models.tts_requests].count("Sure,") == 1
+    await stop(speaker)

@@ -288,10 +288,16 @@ class Speaker:
                 provider = audio.provider
                 pcm = np.frombuffer(audio.pcm, dtype="<i2").astype(np.int16)
                 if key:
-                    kept.append(pcm)
-                yield pcm, audio.provider, False
-        if key and kept and provider and not failed:
-            self.tts_cache.put(key, np.concatenate(kept), provider)
+                    kept.append(pcm)  # a short piece is whole in a chunk or two: kept, then played
+                else:
+                    yield pcm, audio.provider, False
+        if key and kept and provider:
+            # Kept before the caller hears it: a caller who hangs up at its first sound (or an
+            # interrupt) must not leave the next call to synthesize it again.
+            pcm = np.concatenate(kept)
+            if not failed:
+                self.tts_cache.put(key, pcm, provider)
+            yield pcm, provider, False
 
     def _phrase_kept(self, text: str, cmd: Tts) -> bool:
         """Whether `text` would replay from the cache now (a streamed reply's opener)."""
