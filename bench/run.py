@@ -33,6 +33,7 @@ sentence in real time and measure:
   61st of them (with 2 rounds, 16 turns, it was in effect the slowest one of the level).
 
 Run: .venv/bin/python bench/run.py [--calls 1,8,32,64] [--rounds 8] [--quick] [--plot PATH]
+     [--pause-ms 600]  (the caller pauses mid-sentence: turns must hold, finals whole)
 Prints a table; the same results go to bench/results/latest.json, and a plot of latency
 and CPU per call against concurrent calls to bench/latency_cpu.png (bench/plot.py).
 """
