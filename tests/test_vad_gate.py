@@ -53,6 +53,19 @@ def test_nothing_is_skipped_before_silero_has_called_the_line_quiet_for_long_eno
     assert gate.skip(levels(-49, -50, -47), in_turn=False)
 
 
+def test_a_louder_chunk_after_skipped_ones_says_silero_is_stale():
+    gate = learnt(QuietGate())
+    assert not gate.skip(levels(-50, -40, -50), in_turn=False) and not gate.stale  # nothing skipped yet
+    gate.observe(levels(-50, -40, -50), [0.01, 0.02, 0.01])
+    assert gate.skip(levels(-50, -50, -50), in_turn=False)
+    assert not gate.skip(levels(-50, -40, -50), in_turn=False) and gate.stale  # the listener replays the skipped
+    gate.observe(levels(-50, -40, -50), [0.01, 0.02, 0.01])
+    for _ in range(5):  # steady noise until the refresh: a run, but not a stale one
+        if not gate.skip(levels(-50, -50, -50), in_turn=False):
+            break
+    assert not gate.stale
+
+
 def test_a_louder_window_a_turn_or_an_unsure_score_runs_silero():
     gate = learnt(QuietGate())
     assert not gate.skip(levels(-50, -43.9, -50), in_turn=False)  # one window over the 6 dB margin
@@ -142,11 +155,13 @@ async def test_line_noise_skips_silero_and_a_caller_is_heard_as_without_the_gate
     assert always.scored_windows >= windows - 3  # all but the last chunk, not yet full
     # The 3 s of noise before the voice and the 1.5 s after its turn: Silero scored a fraction.
     assert gated.scored_windows < 0.6 * windows
-    # ... and the caller was heard as well: one turn, `speaking` no later than without the gate (Silero's
-    # scores of the first words differ a little with its state refreshed less often, and the voice is
-    # loud from 3040 ms), and all of the voice transcribed (the fake ASR names how much loud audio it got).
+    # ... and the caller was heard as well: one turn, `speaking` at most one VAD chunk (96 ms) later than
+    # without the gate (Silero, its state refreshed less often, may score the first words a little
+    # differently even after hearing the last skipped chunk again: 0 or 80 ms later over three noise
+    # seeds), never before the voice (loud from 3040 ms), and all of it transcribed (the fake ASR names
+    # how much loud audio it got).
     assert len(gated_sink.of("speaking")) == len(always_sink.of("speaking")) == 1
     assert always_onset is not None and gated_onset is not None
-    assert 3040 + 96 <= gated_onset <= always_onset + 40, (gated_onset, always_onset)
+    assert 3040 + 96 <= gated_onset <= always_onset + 96, (gated_onset, always_onset)
     assert not gated.asr_requests[-1].partial and not always.asr_requests[-1].partial
     assert gated_sink.of("asrFinal")[0].text == always_sink.of("asrFinal")[0].text

@@ -121,6 +121,7 @@ class Listener:
         self._vad_state: bytes | None = None
         self._vad_context: bytes | None = None
         self._gate = QuietGate(GateConfig(margin_db=config.vad_quiet_margin_db))
+        self._skipped: np.ndarray | None = None  # the last chunk the gate kept from Silero
         self._asr_queue: asyncio.Queue[tuple[int, SpeechEnded, Speculation | None] | None] = asyncio.Queue()
         self._utterance_index = itertools.count()
         self._current_index = -1
@@ -241,10 +242,15 @@ class Listener:
         if self._gate.skip(levels, in_turn=self.segmenter.speaking):
             # Steady line noise between turns: Silero's state and context stay as they were,
             # from a line like the one it last saw.
+            self._skipped = audio
             return [0.0] * levels.size
+        # A voice (or a noise) after skipped chunks: Silero hears the last of them first, so
+        # that its state and context are the line's just before, as without the gate.
+        lead, self._skipped = (self._skipped if self._gate.stale else None), None
+        heard = audio if lead is None else np.concatenate((lead, audio))
         try:
             res = await self.services.vad(VadChunk(
-                key=self.call_id, pcm=audio.astype("<i2").tobytes(),
+                key=self.call_id, pcm=heard.astype("<i2").tobytes(),
                 state=self._vad_state, context=self._vad_context,
             ))
         except Exception as exc:
@@ -252,8 +258,9 @@ class Listener:
             await self.sink.emit(ev.Error(sender="vad", error=f"vad failed: {exc}", code=503))
             return None
         self._vad_state, self._vad_context = res.state, res.context
-        self._gate.observe(levels, res.probs)
-        return res.probs
+        probs = res.probs[len(res.probs) - levels.size:]
+        self._gate.observe(levels, probs)
+        return probs
 
     async def _check_no_input(self) -> None:
         """`silence` once the caller has said nothing for `vad.silenceTimeout` ms, and again

@@ -58,6 +58,9 @@ class QuietGate:
         self._learnt = 0  # quiet windows seen since the last one Silero was unsure of
         self._since_run = 0  # windows skipped since the model last ran
         self.skipped = 0  # windows scored without the model (for logs and tests)
+        # The chunk just let through is louder than the line after skipped ones: Silero's
+        # state is as old as the skipping, so it should hear the last skipped chunk first.
+        self.stale = False
 
     @property
     def reference_db(self) -> float | None:
@@ -68,9 +71,10 @@ class QuietGate:
         """True: score this chunk's windows as quiet (0.0) without the model."""
         c = self.config
         ref = self.reference_db
+        loud = ref is not None and float(np.max(levels_db)) > ref + c.margin_db
         run = (c.margin_db <= 0 or in_turn or ref is None
-               or self._since_run + len(levels_db) > c.refresh_windows
-               or float(np.max(levels_db)) > ref + c.margin_db)
+               or self._since_run + len(levels_db) > c.refresh_windows or loud)
+        self.stale = run and loud and self._since_run > 0
         if run:
             return False
         self._since_run += len(levels_db)
