@@ -112,22 +112,18 @@ class VadSegmenter:
         Holds until the caller speaks again. Returns the end at once if the pause is
         already that long.
         """
-        if not (self._speaking and self._paused):
-            return []
-        self._pause_wait_ms = ms
-        if self.silence_ms >= ms:
-            return [self._finish(self._pos - 1, forced=False)]
-        return []
+        return self._end_pause_after(ms)
 
     def release_end_silence(self) -> list[SegmentEvent]:
         """Back to the usual end for this pause (`end_silence_ms` of silence) after a wait set
         with `set_end_silence`. Returns the end at once if the pause is already that long."""
+        return self._end_pause_after(None)
+
+    def _end_pause_after(self, wait_ms: int | None) -> list[SegmentEvent]:
         if not (self._speaking and self._paused):
             return []
-        self._pause_wait_ms = None
-        if self._turn_over():
-            return [self._finish(self._pos - 1, forced=False)]
-        return []
+        self._pause_wait_ms = wait_ms
+        return [self._finish(self._pos - 1, forced=False)] if self._turn_over() else []
 
     def _turn_over(self) -> bool:
         if self._pause_wait_ms is not None:
