@@ -291,7 +291,7 @@ class Speaker:
                     kept.append(pcm)  # a short piece is whole in a chunk or two: kept, then played
                 else:
                     yield pcm, audio.provider, False
-        if key and kept and provider:
+        if kept:  # only a keyed piece gathers its chunks
             # Kept before the caller hears it: a caller who hangs up at its first sound (or an
             # interrupt) must not leave the next call to synthesize it again.
             pcm = np.concatenate(kept)
@@ -301,8 +301,8 @@ class Speaker:
 
     def _phrase_kept(self, text: str, cmd: Tts) -> bool:
         """Whether `text` would replay from the cache now (a streamed reply's opener)."""
-        key = self._phrase_key(self._tts_request(text, cmd))
-        return key is not None and self.tts_cache is not None and self.tts_cache.has(key)
+        key = self._phrase_key(self._tts_request(text, cmd))  # None without a cache
+        return key is not None and self.tts_cache.has(key)
 
     def _phrase_key(self, req: TtsRequest) -> str | None:
         """The cache entry of a short piece (an opener like "Sure,"), or None: too long to

@@ -23,15 +23,17 @@ import numpy as np
 def cache_key(agent_key: str, *, provider: str | None, speaker: str | None, speed: float,
               sample_rate: int, volume: int) -> str:
     """The entry for an agent's `cacheKey` with the settings that shape its audio."""
-    parts = "\x1f".join([agent_key, provider or "", speaker or "", f"{speed:g}", str(sample_rate), str(volume)])
-    return hashlib.sha256(parts.encode()).hexdigest()
+    return _digest(agent_key, provider or "", speaker or "", f"{speed:g}", str(sample_rate), str(volume))
 
 
 def phrase_key(text: str, *, provider: str | None, speaker: str | None, speed: float, sample_rate: int) -> str:
     """The entry for a short piece of a reply, kept without the agent asking: its text in
     one voice, before the track's volume (applied as it plays)."""
-    parts = "\x1f".join(["phrase", text, provider or "", speaker or "", f"{speed:g}", str(sample_rate)])
-    return hashlib.sha256(parts.encode()).hexdigest()
+    return _digest("phrase", text, provider or "", speaker or "", f"{speed:g}", str(sample_rate))
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
