@@ -135,6 +135,11 @@ class CallerAudio:
         return -(-len(self.pcm) // FRAME_BYTES)
 
 
+def loud_samples(pcm: np.ndarray) -> np.ndarray:
+    """Indices of the samples louder than -40 dBFS (what counts as speech, not Piper's fade)."""
+    return np.nonzero(np.abs(pcm.astype(np.int32)) > SPEECH_END_THRESHOLD)[0]
+
+
 def make_caller_audio(pause_ms: int = 0) -> CallerAudio:
     """Synthesize the sentence once; every call of every level streams the same bytes.
 
@@ -147,12 +152,12 @@ def make_caller_audio(pause_ms: int = 0) -> CallerAudio:
         halves = []
         for text in PAUSED_AT:
             part = piper_speech(text, RATE)
-            loud = np.nonzero(np.abs(part.astype(np.int32)) > SPEECH_END_THRESHOLD)[0]
+            loud = loud_samples(part)
             halves.append(part[loud[0]:loud[-1] + 1] if loud.size else part)
         speech = np.concatenate((halves[0], np.zeros(int(pause_ms * RATE / 1000), np.int16), halves[1]))
     else:
         speech = piper_speech(SENTENCE, RATE)
-    loud = np.nonzero(np.abs(speech.astype(np.int32)) > SPEECH_END_THRESHOLD)[0]
+    loud = loud_samples(speech)
     last = int(loud[-1]) if loud.size else speech.size - 1
     lead = np.zeros(int(LEAD_S * RATE), np.int16)
     trail = np.zeros(int(TRAIL_S * RATE), np.int16)
