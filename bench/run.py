@@ -100,7 +100,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 OLD_MEDIA_PLANE = {"vad_in_process": False, "vad_batch_window_ms": 0, "ws_receive_max_wait_ms": 0,
                    "vad_chunk_windows": 2, "vad_speech_chunk_windows": 0, "vad_quiet_margin_db": 0.0}
 OLD = {
-    "models": {"whisper_bucket_s": 30.0, "whisper_queue": "fifo", "tts_slots": 0, "whisper_workers": 1,
+    "models": {"whisper_bucket_s": 30.0, "whisper_queue": "fifo", "tts_slots": 0, "tts_later_idle": False,
+               "whisper_workers": 1,
                "whisper_threads": 2, "piper_threads": 0, "whisper_max_batch": 8, "partial_max_load": 1.0},
     "media": {"speculative_asr": False, "tts_first_clause": False, "tts_phrase_max_chars": 0, **OLD_MEDIA_PLANE},
 }
@@ -183,11 +184,20 @@ class RoundResult:
     server_asr_ms: float | None = None  # ASR request round trip, queueing included
     asr_compute_ms: float | None = None  # Whisper alone
     server_tts_ms: float | None = None  # tts command -> first synthesized chunk
+    reply_gap_ms: float | None = None  # with --hear-replies: the reply's audio missing in mid-reply
 
 
 def level_slack_s(calls: int) -> float:
     """What every stage's timeout grows by at a level of `calls` concurrent calls."""
     return PER_CALL_SLACK_S * (calls - 1)
+
+
+class Replies:
+    """--hear-replies: the callers hear each reply to its end (trackEnd) before hanging up,
+    and a pause in its audio longer than GAP_MS counts as a gap (its playout ran dry)."""
+
+    whole = False
+    GAP_MS = 100.0  # frames leave every 20 ms; an ingress busy for 100 ms is not a dry playout
 
 
 class Timeouts:
@@ -284,6 +294,23 @@ async def first_audio(ws, deadline: float, result: RoundResult) -> float:
         note(json.loads(msg), result)
 
 
+async def hear_reply(ws, t_first: float, deadline: float, result: RoundResult) -> float:
+    """Read the reply to its trackEnd; the ms of it that came late (gaps past GAP_MS)."""
+    last, gap = t_first, 0.0
+    while True:
+        msg = await next_message(ws, deadline, "trackEnd")
+        if isinstance(msg, bytes):
+            now = time.monotonic()
+            if (now - last) * 1000 > Replies.GAP_MS:
+                gap += (now - last) * 1000 - FRAME_S * 1000
+            last = now
+            continue
+        event = json.loads(msg)
+        note(event, result)
+        if event.get("event") == "trackEnd":
+            return gap
+
+
 async def hang_up(ws, result: RoundResult) -> None:
     """Ask for the hangup and wait (bounded) for the server to confirm it."""
     try:
@@ -309,6 +336,9 @@ async def one_round(url: str, audio: CallerAudio) -> RoundResult:
                 t_final = time.monotonic()
                 await ws.send(json.dumps({"command": "tts", "text": REPLY.format(n=next(_replies)), "playId": "r1"}))
                 t_audio = await first_audio(ws, time.monotonic() + TTS_TIMEOUT_S + Timeouts.slack_s, result)
+                if Replies.whole:
+                    result.reply_gap_ms = await hear_reply(ws, t_audio, time.monotonic() + TTS_TIMEOUT_S
+                                                           + Timeouts.slack_s, result)
                 t_eos = eos.result()
                 result.asr_ms = (t_final - t_eos) * 1000
                 result.tts_ms = (t_audio - t_eos) * 1000
@@ -441,6 +471,7 @@ class LevelResult:
     whole: int = 0  # finals holding every word of the sentence (none cut off at a pause)
     asr_decodes: int | None = None  # turn-end decodes (speculations included) the ASR replicas ran
     asr_partials: int | None = None  # partial decodes they ran (skipped ones not counted)
+    reply_gaps_ms: list[float] | None = None  # with --hear-replies: each reply's late audio
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -487,6 +518,7 @@ async def run_level(url: str, audio: CallerAudio, calls: int, rounds: int, seed:
         asr_ms=asr, tts_ms=tts, transcripts=[r.transcript for r in ok],
         whole=sum(words(r.transcript or "") == words(SENTENCE) for r in ok),
         asr_decodes=decodes[0] if decodes else None, asr_partials=decodes[1] if decodes else None,
+        reply_gaps_ms=[r.reply_gap_ms for r in ok] if Replies.whole else None,
     )
 
 
@@ -638,6 +670,10 @@ def report(levels: list[LevelResult], audio: CallerAudio, end_silence_ms: int, i
             extra.append(f"{lv.early_finals} asrFinal before end of speech (split utterance)")
         if audio.pause_ms:
             extra.append(f"{lv.whole} of {lv.utterances} finals held the whole sentence")
+        if lv.reply_gaps_ms is not None:
+            gaps = [g for g in lv.reply_gaps_ms if g > 0]
+            extra.append(f"replies heard whole: {len(gaps)} of {len(lv.reply_gaps_ms)} with a gap"
+                         + (f" (longest {max(gaps):.0f} ms, p50 {pct(gaps, 50):.0f})" if gaps else ""))
         if lv.asr_decodes is not None:
             extra.append(f"ASR ran {lv.asr_decodes} turn-end decodes ({lv.asr_decodes / max(1, lv.utterances):.2f} "
                          f"a turn) and {lv.asr_partials} partials")
@@ -688,6 +724,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1, help="seed of the call-start stagger")
     p.add_argument("--pause-ms", type=int, default=0,
                    help=f"the caller pauses this long after \"{PAUSED_AT[0]}\" (a mid-sentence pause; default 0: none)")
+    p.add_argument("--hear-replies", action="store_true",
+                   help="callers hear each reply to its end before hanging up (default: they hang up at its first "
+                        "sound) and the bench counts the gaps in its audio")
     p.add_argument("--plot", default=str(RESULTS.parent.parent / "latency_cpu.png"),
                    help="PNG of latency and CPU per call against concurrent calls (bench/plot.py); "
                         "empty: none (default bench/latency_cpu.png)")
@@ -746,6 +785,7 @@ def main(argv: list[str] | None = None) -> None:
     vad = None if args.calls_only else vad_throughput.run(64, quick=args.quick, pipecat=not args.no_pipecat,
                                                           log=eprint)
     asr = [] if args.calls_only else asr_windows.run(quick=args.quick, log=eprint)
+    Replies.whole = args.hear_replies
     audio = make_caller_audio(args.pause_ms)
     config = VoxrayConfig.load(args.config) if args.config else VoxrayConfig()
     config.serve.host = "127.0.0.1"  # loopback only, whatever the environment says

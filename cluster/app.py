@@ -25,7 +25,8 @@ def build_app(config: VoxrayConfig) -> Application:
     providers = config.providers.model_dump()
     asr = AsrDeployment.options(**opts["asr"]).bind(providers, config.models.model_dump())
     tts = TtsDeployment.options(**opts["tts"]).bind(providers, config.models.piper_voice, config.models.piper_device,
-                                                    config.models.tts_slots, config.models.piper_threads)
+                                                    config.models.tts_slots, config.models.piper_threads,
+                                                    config.models.tts_later_idle)
     registry = CallRegistry.bind(config.security.cdr_path)
     # The in-cluster LLM agent ([agent] enabled): the ingress's POST /agent/webhook hands it calls.
     agent = bind_agent(config)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -16,9 +15,11 @@ from voxray.media.messages import TtsAudio, TtsRequest
 from voxray.faults import enable_fault_dumps
 from voxray.loop_watch import LoopWatch
 from voxray.logs import bind_call, get_logger
+from voxray.providers.base import model_lane, run_model_step
 from voxray.providers.catalog import ProvidersConfig, build_tts
 from voxray.providers.fallback import TtsChain
 from voxray.media.resample import resample
+from voxray.priority import IdleLane
 
 log = get_logger("voxray.tts")
 
@@ -46,17 +47,44 @@ async def synthesize_at_rate(chain: TtsChain, req: TtsRequest) -> AsyncIterator[
     async for name, chunk in chain.synthesize(req.text, req.speed, req.speaker, req.provider, req.creds, failures):
         pcm = np.frombuffer(chunk.pcm, dtype="<i2")
         if chunk.sample_rate != req.sample_rate:
-            pcm = await asyncio.to_thread(resample, pcm, chunk.sample_rate, req.sample_rate)
+            pcm = await run_model_step(resample, pcm, chunk.sample_rate, req.sample_rate)
         yield TtsAudio(pcm=pcm.astype("<i2").tobytes(), sample_rate=req.sample_rate, provider=name,
                        failures=failures if first else [])
         first = False
 
 
-async def gated(gate: PriorityGate | None, chain: TtsChain, req: TtsRequest) -> AsyncIterator[TtsAudio]:
-    """`synthesize_at_rate`, each local synthesis step through the replica's gate: the
-    first pieces of tracks first (bench: 8 calls' first clauses p95 ~520 -> ~200 ms)."""
+class Lanes:
+    """Where a replica's local syntheses run.
+
+    A track's first piece (the caller waits in silence for it) goes through the gate on the
+    replica's threads, first pieces before later ones. A later piece has slack: its track
+    is playing the pieces before it. It runs in the idle lane, one at a time on a thread at
+    the lowest CPU priority, so when turns end together it takes only the cores that the
+    transcripts and the first pieces leave free. Measured (bench/run.py --hear-replies,
+    8 calls on 2 cores): `asrFinal` p95 ~1.26 -> ~1.04 s, for more replies with a gap after
+    their first piece (~26 -> ~34 of 64). Letting a waiting later piece leave the idle
+    lane as its track ran dry, or two later pieces at once, gave more gaps, not fewer.
+    """
+
+    def __init__(self, slots: int = 1, later_idle: bool = True) -> None:
+        self.gate = PriorityGate(slots) if slots > 0 else None
+        self.idle = IdleLane(name="tts-later") if later_idle else None
+        self.idle_gate = PriorityGate(1) if later_idle else None
+
+    def pick(self, first_piece: bool) -> tuple[PriorityGate | None, IdleLane | None]:
+        """The gate a piece's steps pass and the lane they run in (None: the replica's threads)."""
+        if first_piece or self.idle is None:
+            return self.gate, None
+        return self.idle_gate, self.idle
+
+
+async def gated(lanes: Lanes, chain: TtsChain, req: TtsRequest) -> AsyncIterator[TtsAudio]:
+    """`synthesize_at_rate`, each local synthesis step (one Piper sentence) in its lane (see
+    `Lanes`): the first pieces of tracks first (bench: 8 calls' first clauses p95 ~520 ->
+    ~200 ms), later pieces on spare cores."""
     provider = chain.providers.get(req.provider or chain.names[0])
     stream = synthesize_at_rate(chain, req).__aiter__()
+    gate, lane = lanes.pick(req.first_piece)
     if gate is None or not getattr(provider, "computes_locally", False):
         async for audio in stream:
             yield audio
@@ -64,10 +92,15 @@ async def gated(gate: PriorityGate | None, chain: TtsChain, req: TtsRequest) -> 
     priority = FIRST if req.first_piece else LATER
     while True:
         async with gate.slot(priority):
+            # Set and reset around the step, in this frame: its blocking calls
+            # (run_model_step) read the lane; the caller's context is left as it was.
+            token = model_lane.set(lane)
             try:
                 audio = await stream.__anext__()
             except StopAsyncIteration:
                 return
+            finally:
+                model_lane.reset(token)
         yield audio
 
 
@@ -78,12 +111,13 @@ async def gated(gate: PriorityGate | None, chain: TtsChain, req: TtsRequest) -> 
                                                             request_router_kwargs={"fill": 8}))
 class TtsDeployment:
     def __init__(self, providers: dict | None = None, piper_voice: str | None = None,
-                 piper_device: str = "auto", slots: int = 1, piper_threads: int = 1) -> None:
+                 piper_device: str = "auto", slots: int = 1, piper_threads: int = 1,
+                 later_idle: bool = True) -> None:
         enable_fault_dumps()
         gpu_ids = ray.get_gpu_ids()  # what num_gpus gave this replica
         self.chain = make_tts_chain(ProvidersConfig.model_validate(providers or {}), piper_voice, piper_device,
                                     gpu_ids, piper_threads)
-        self.gate = PriorityGate(slots) if slots > 0 else None
+        self.lanes = Lanes(slots, later_idle)
         self.loop_watch = LoopWatch("tts")
         log.info("tts providers loaded", extra={"providers": self.chain.names, "gpu_ids": gpu_ids,
                                                 "devices": {n: p.describe() for n, p in self.chain.providers.items()
@@ -93,5 +127,5 @@ class TtsDeployment:
         """Streamed: call through a handle with `.options(stream=True)`."""
         self.loop_watch.ensure_started()
         with bind_call(req.call_id):
-            async for audio in gated(self.gate, self.chain, req):
+            async for audio in gated(self.lanes, self.chain, req):
                 yield audio

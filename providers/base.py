@@ -6,15 +6,32 @@ runs off the event loop (in a thread) so one replica serves many calls.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from contextvars import ContextVar
+from typing import TypeVar
 
 import numpy as np
 from pydantic import BaseModel
 
 from voxray.media.messages import CallCredentials
 
-__all__ = ["AsrProvider", "CallCredentials", "Transcript", "TtsProvider"]
+__all__ = ["AsrProvider", "CallCredentials", "Transcript", "TtsProvider", "model_lane", "run_model_step"]
+
+T = TypeVar("T")
+
+# Where a local provider's blocking model steps run: None is asyncio's default executor.
+# The TTS replica sets it around each step of a reply's later sentences to threads at the
+# lowest CPU priority (voxray/priority.py), so they never slow a turn's transcript.
+model_lane: ContextVar[Executor | None] = ContextVar("model_lane", default=None)
+
+
+async def run_model_step(fn: Callable[..., T], *args) -> T:
+    """Run one blocking model step off the event loop, in the current `model_lane`."""
+    return await asyncio.get_running_loop().run_in_executor(model_lane.get(), functools.partial(fn, *args))
 
 
 class Transcript(BaseModel):

@@ -7,11 +7,10 @@ same module). With the plain onnxruntime "auto" stays on the CPU and "cuda" is a
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from voxray.logs import get_logger
-from voxray.providers.base import CallCredentials, ProviderError, TtsChunk, TtsProvider
+from voxray.providers.base import CallCredentials, ProviderError, TtsChunk, TtsProvider, run_model_step
 from voxray.providers.device import DeviceUnavailable, onnx_cuda_devices, pick_device, replica_cuda
 from voxray.providers.model_paths import piper_voice_path
 
@@ -80,7 +79,7 @@ class PiperLocal(TtsProvider):
         # Piper synthesises sentence by sentence; pull each off the loop so the
         # first sentence is sent while the next one is computed.
         while True:
-            chunk = await asyncio.to_thread(next, chunks, _DONE)
+            chunk = await run_model_step(next, chunks, _DONE)
             if chunk is _DONE:
                 return
             yield TtsChunk(pcm=chunk.audio_int16_bytes, sample_rate=chunk.sample_rate)

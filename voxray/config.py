@@ -61,6 +61,10 @@ class ModelsConfig(BaseModel):
     tts_slots: int = Field(1, ge=0, le=16, description="local syntheses a TTS replica runs at once, tracks' "
                            "first pieces before later ones (deployments/tts_gate.py); 0: all at once, "
                            "sharing the cores")
+    # A reply's later pieces (its track already playing) synthesize one at a time on a thread
+    # at the lowest CPU priority (SCHED_IDLE): when turns end together they leave the cores
+    # to the transcripts and first pieces (deployments/tts.py, Lanes).
+    tts_later_idle: bool = True
 
 
 class MediaSettings(BaseModel):

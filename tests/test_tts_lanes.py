@@ -1,0 +1,109 @@
+"""Where a TTS replica runs a synthesis (deployments/tts.py `Lanes`, `gated`): a track's first
+piece on the replica's own threads, its later pieces on threads at the lowest CPU priority."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from voxray.deployments.tts import Lanes, gated
+from voxray.media.messages import TtsRequest
+from voxray.priority import thread_is_lowered
+from voxray.providers.base import TtsChunk, TtsProvider, model_lane, run_model_step
+from voxray.providers.fallback import TtsChain
+
+
+class ProbeTts(TtsProvider):
+    """A local provider whose one step reports, as its audio, whether its thread was lowered."""
+
+    name = "probe"
+    computes_locally = True
+
+    def __init__(self, hold: threading.Event | None = None) -> None:
+        self.hold = hold
+
+    def load(self) -> None:
+        pass
+
+    def _step(self, text: str) -> bytes:
+        if self.hold is not None and text == "later":
+            assert self.hold.wait(5)
+        return np.array([1 if thread_is_lowered() else 0], "<i2").tobytes()
+
+    async def synthesize(self, text, speed=1.0, speaker=None, creds=None):
+        yield TtsChunk(pcm=await run_model_step(self._step, text), sample_rate=16000)
+
+
+def chain(provider: TtsProvider) -> TtsChain:
+    return TtsChain([provider], {}, 0)
+
+
+async def lowered(lanes: Lanes, tts: TtsChain, text: str, first: bool) -> bool:
+    req = TtsRequest(call_id="c1", text=text, first_piece=first)
+    out = [a async for a in gated(lanes, tts, req)]
+    return bool(np.frombuffer(out[0].pcm, "<i2")[0])
+
+
+async def test_later_pieces_run_lowered_and_first_pieces_do_not():
+    lanes, tts = Lanes(), chain(ProbeTts())
+    assert await lowered(lanes, tts, "first", first=True) is False
+    assert await lowered(lanes, tts, "later", first=False) is True
+    assert model_lane.get() is None  # the lane was set around the step only
+    assert lanes.idle.steps == 1
+
+
+async def test_off_every_piece_runs_on_the_replicas_threads():
+    lanes, tts = Lanes(later_idle=False), chain(ProbeTts())
+    assert await lowered(lanes, tts, "later", first=False) is False
+    assert lanes.idle is None
+
+
+async def test_a_later_piece_never_holds_up_a_first_piece():
+    # A later piece starved of the cores (here: held) must not keep the gate from the
+    # next caller's first piece: the two lanes have gates of their own.
+    hold = threading.Event()
+    lanes, tts = Lanes(slots=1), chain(ProbeTts(hold))
+    later = asyncio.create_task(lowered(lanes, tts, "later", first=False))
+    await asyncio.sleep(0.05)
+    try:
+        assert await asyncio.wait_for(lowered(lanes, tts, "first", first=True), 2) is False
+        assert not later.done()
+    finally:
+        hold.set()
+    assert await later is True
+
+
+async def test_later_pieces_wait_for_each_other_in_their_lane():
+    hold = threading.Event()
+    lanes, tts = Lanes(), chain(ProbeTts(hold))
+    a = asyncio.create_task(lowered(lanes, tts, "later", first=False))
+    await asyncio.sleep(0.05)
+    b = asyncio.create_task(lowered(lanes, tts, "later", first=False))
+    await asyncio.sleep(0.05)
+    assert lanes.idle_gate.waiting == 1 and lanes.idle.steps == 1
+    hold.set()
+    assert await asyncio.gather(a, b) == [True, True]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+async def test_real_piper_synthesizes_a_later_piece_in_the_idle_lane():
+    from voxray.deployments.tts import make_tts_chain
+    from voxray.providers.catalog import ProvidersConfig
+
+    tts = make_tts_chain(ProvidersConfig(), None)
+    lanes = Lanes()
+    req = TtsRequest(call_id="c1", text="A table for two at seven.", first_piece=False)
+    audio = b"".join([a.pcm async for a in gated(lanes, tts, req)])
+    first = b"".join([a.pcm async for a in gated(lanes, tts, req.model_copy(update={"first_piece": True}))])
+    pcm = np.frombuffer(audio, "<i2")
+    assert pcm.size > 16000 and np.abs(pcm).max() > 1000  # over a second of audible speech
+    assert abs(len(first) - len(audio)) < 0.2 * len(audio)
+    # Piper's sentence went through the lane (not asyncio's default threads); the first
+    # piece did not, and the resampling to the call's rate followed its sentence.
+    assert lanes.idle.steps >= 2
+    steps = lanes.idle.steps
+    _ = [a async for a in gated(lanes, tts, req.model_copy(update={"first_piece": True}))]
+    assert lanes.idle.steps == steps
