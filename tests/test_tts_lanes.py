@@ -107,3 +107,42 @@ async def test_real_piper_synthesizes_a_later_piece_in_the_idle_lane():
     steps = lanes.idle.steps
     _ = [a async for a in gated(lanes, tts, req.model_copy(update={"first_piece": True}))]
     assert lanes.idle.steps == steps
+
+
+def _idle_threads(class_name: str) -> int:
+    """Threads at SCHED_IDLE in the live actors of `class_name` (this session's Ray)."""
+    import os
+
+    import ray
+
+    pids = [a["Pid"] for a in ray._private.state.actors(actor_state_name="ALIVE").values()
+            if a["ActorClassName"] == class_name]
+    assert pids, f"no live {class_name}"
+    idle = 0
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                idle += os.sched_getscheduler(int(tid)) == os.SCHED_IDLE
+            except OSError:  # the thread ended meanwhile
+                continue
+    return idle
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+async def test_the_deployed_tts_replica_synthesizes_a_reply_s_rest_on_an_idle_thread(voxray_server):
+    from tests.wsclient import CallClient
+
+    client = await CallClient.connect(f"ws://{voxray_server}/call")
+    try:
+        await client.send({"command": "invite", "option": {"codec": "pcm", "caller": "tester"}})
+        await client.wait_for("answer", timeout=15)
+        # Two pieces: "Certainly," first, the rest after it (media.tts_first_clause).
+        await client.send({"command": "tts", "text": "Certainly, your table for two is booked for seven tonight.",
+                           "playId": "lanes"})
+        await client.wait_for("trackEnd", timeout=30, playId="lanes")
+    finally:
+        await client.close()
+    assert _idle_threads("ServeReplica:voxray:TtsDeployment") >= 1
+    # Nothing else in the replicas that carry calls runs at that priority.
+    assert _idle_threads("ServeReplica:voxray:Ingress") == 0
