@@ -60,10 +60,11 @@ class Lanes:
     replica's threads, first pieces before later ones. A later piece has slack: its track
     is playing the pieces before it. It runs in the idle lane, one at a time on a thread at
     the lowest CPU priority, so when turns end together it takes only the cores that the
-    transcripts and the first pieces leave free. Measured (bench/run.py --hear-replies,
-    8 calls on 2 cores): `asrFinal` p95 ~1.26 -> ~1.04 s, for more replies with a gap after
-    their first piece (~26 -> ~34 of 64). Letting a waiting later piece leave the idle
-    lane as its track ran dry, or two later pieces at once, gave more gaps, not fewer.
+    transcripts and the first pieces leave free. Measured (bench/run.py, 8 calls on 2
+    cores, six runs each): `asrFinal` p95 ~1.51 -> ~1.19 s; with the replies heard whole,
+    more of them have a gap after their first piece (~26 -> ~32 of 64, the longest ~1 ->
+    ~2 s). Letting a waiting later piece leave the idle lane as its track ran dry, or two
+    later pieces at once, gave more gaps, not fewer (README, bench).
     """
 
     def __init__(self, slots: int = 1, later_idle: bool = True) -> None:

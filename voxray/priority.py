@@ -3,8 +3,8 @@
 A node's cores serve, at once, work a caller is waiting on (a turn's transcript, the first
 words of a reply) and work with slack: a reply's later sentences, synthesized while its
 first ones play. When eight turns end together on two cores, the second kind took the
-cores from the first (bench: 8 calls' `asrFinal` p95 1.40-1.49 s with later sentences at
-the replicas' priority, 1.00-1.09 s with them idle; 1.03 s with no replies at all).
+cores from the first (bench: 8 calls' `asrFinal` p95 1.48 s with replies, 1.03 s with
+none; with the later sentences idle, 1.19 s on average over six runs against 1.51).
 Within one process a gate orders the work; across processes (the ASR and TTS replicas,
 the media) only the kernel's scheduler can. So work with slack runs on threads at
 SCHED_IDLE: such a thread gets a core only when no other thread wants it, and a free
