@@ -63,7 +63,8 @@ class ModelsConfig(BaseModel):
                            "sharing the cores")
     # A reply's later pieces (its track already playing) synthesize one at a time on a thread
     # at the lowest CPU priority (SCHED_IDLE): when turns end together they leave the cores
-    # to the transcripts and first pieces (deployments/tts.py, Lanes).
+    # to the transcripts and first pieces (deployments/tts.py, Lanes). With piper_threads > 1
+    # onnxruntime's own pool threads keep the replica's priority: only the calling one drops.
     tts_later_idle: bool = True
 
 

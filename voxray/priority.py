@@ -53,7 +53,7 @@ class IdleLane(ThreadPoolExecutor):
 
     def __init__(self, threads: int = 1, name: str = "idle-lane") -> None:
         self.got: str | None = None  # what the lane's threads got (set by the first one started)
-        self.steps = 0  # blocking steps run here, for the replica's stats and tests
+        self.steps = 0  # blocking steps submitted here (what tests check)
         super().__init__(max_workers=threads, thread_name_prefix=name, initializer=self._lower)
 
     def _lower(self) -> None:
