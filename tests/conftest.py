@@ -20,6 +20,17 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 RECORDINGS = ARTIFACTS / "recordings"  # the test server's media.recordings_dir
 
 
+def live_actor_pids(class_name: str) -> list[int]:
+    """The processes of this session's live actors of `class_name`, found through the GCS
+    (the session's Ray runs without the dashboard that Ray's state API asks)."""
+    import ray
+
+    pids = [a["Pid"] for a in ray._private.state.actors(actor_state_name="ALIVE").values()
+            if a["ActorClassName"] == class_name]
+    assert pids, f"no live {class_name}"
+    return pids
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

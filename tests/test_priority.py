@@ -9,6 +9,7 @@ import pytest
 
 from voxray.priority import IDLE, IdleLane, lower_this_thread, thread_is_lowered
 
+# The lowest-priority threads are Linux's SCHED_IDLE (test_tts_lanes uses the same mark).
 linux_only = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import psutil
 import pytest
 
+from tests.conftest import live_actor_pids
 from voxray.cluster.ray_start import LOG_MONITOR_PACE
 from voxray.cluster.serve_tuning import DEFAULTS, serve_tuning_env
 
@@ -18,14 +19,8 @@ def test_defaults_unless_the_operator_set_them():
 
 
 def _environ_of(class_name: str) -> dict[str, str]:
-    """A live actor's process environment, found through this cluster's GCS (the session's
-    Ray runs without the dashboard that Ray's state API asks)."""
-    import ray
-
-    pids = [a["Pid"] for a in ray._private.state.actors(actor_state_name="ALIVE").values()
-            if a["ActorClassName"] == class_name]
-    assert pids, f"no live {class_name}"
-    return psutil.Process(pids[0]).environ()
+    """A live actor's process environment."""
+    return psutil.Process(live_actor_pids(class_name)[0]).environ()
 
 
 @pytest.mark.e2e

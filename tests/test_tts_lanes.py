@@ -4,11 +4,14 @@ piece on the replica's own threads, its later pieces on threads at the lowest CP
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 import numpy as np
 import pytest
 
+from tests.conftest import live_actor_pids
+from tests.test_priority import linux_only
 from voxray.deployments.tts import Lanes, gated
 from voxray.media.messages import TtsRequest
 from voxray.priority import thread_is_lowered
@@ -88,7 +91,7 @@ async def test_later_pieces_wait_for_each_other_in_their_lane():
     assert await asyncio.gather(a, b) == [True, True]
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+@linux_only
 async def test_real_piper_synthesizes_a_later_piece_in_the_idle_lane():
     from voxray.deployments.tts import make_tts_chain
     from voxray.providers.catalog import ProvidersConfig
@@ -111,15 +114,8 @@ async def test_real_piper_synthesizes_a_later_piece_in_the_idle_lane():
 
 def _idle_threads(class_name: str) -> int:
     """Threads at SCHED_IDLE in the live actors of `class_name` (this session's Ray)."""
-    import os
-
-    import ray
-
-    pids = [a["Pid"] for a in ray._private.state.actors(actor_state_name="ALIVE").values()
-            if a["ActorClassName"] == class_name]
-    assert pids, f"no live {class_name}"
     idle = 0
-    for pid in pids:
+    for pid in live_actor_pids(class_name):
         for tid in os.listdir(f"/proc/{pid}/task"):
             try:
                 idle += os.sched_getscheduler(int(tid)) == os.SCHED_IDLE
@@ -129,7 +125,7 @@ def _idle_threads(class_name: str) -> int:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+@linux_only
 async def test_the_deployed_tts_replica_synthesizes_a_reply_s_rest_on_an_idle_thread(voxray_server):
     from tests.wsclient import CallClient
 
