@@ -101,8 +101,8 @@ OLD_MEDIA_PLANE = {"vad_in_process": False, "vad_batch_window_ms": 0, "ws_receiv
                    "vad_chunk_windows": 2, "vad_speech_chunk_windows": 0, "vad_quiet_margin_db": 0.0}
 OLD = {
     "models": {"whisper_bucket_s": 30.0, "whisper_queue": "fifo", "tts_slots": 0, "tts_later_idle": False,
-               "whisper_workers": 1,
-               "whisper_threads": 2, "piper_threads": 0, "whisper_max_batch": 8, "partial_max_load": 1.0},
+               "whisper_workers": 1, "whisper_threads": 2, "piper_threads": 0, "whisper_max_batch": 8,
+               "partial_max_load": 1.0},
     "media": {"speculative_asr": False, "tts_first_clause": False, "tts_phrase_max_chars": 0, **OLD_MEDIA_PLANE},
 }
 BEHAVIOURS = ("old", "new")
@@ -264,11 +264,14 @@ async def next_message(ws, deadline: float, what: str) -> str | bytes:
         raise Dropped(f"socket closed waiting for {what} ({exc.rcvd.code if exc.rcvd else 'no close frame'})") from None
 
 
-async def wait_event(ws, name: str, deadline: float, result: RoundResult) -> dict:
-    """Read until the event `name`; binary frames and other events are skipped."""
+async def wait_event(ws, name: str, deadline: float, result: RoundResult, on_audio=None) -> dict:
+    """Read until the event `name`; other events are skipped, and binary frames too (each
+    one calls `on_audio()` first, if given)."""
     while True:
         msg = await next_message(ws, deadline, name)
         if isinstance(msg, bytes):
+            if on_audio is not None:
+                on_audio()
             continue
         event = json.loads(msg)
         note(event, result)
@@ -294,21 +297,18 @@ async def first_audio(ws, deadline: float, result: RoundResult) -> float:
         note(json.loads(msg), result)
 
 
-async def hear_reply(ws, t_first: float, deadline: float, result: RoundResult) -> float:
-    """Read the reply to its trackEnd; the ms of it that came late (gaps past GAP_MS)."""
-    last, gap = t_first, 0.0
-    while True:
-        msg = await next_message(ws, deadline, "trackEnd")
-        if isinstance(msg, bytes):
-            now = time.monotonic()
-            if (now - last) * 1000 > Replies.GAP_MS:
-                gap += (now - last) * 1000 - FRAME_S * 1000
-            last = now
-            continue
-        event = json.loads(msg)
-        note(event, result)
-        if event.get("event") == "trackEnd":
-            return gap
+@dataclass
+class ReplyGaps:
+    """A reply's audio that came late: each pause between frames past Replies.GAP_MS."""
+
+    last: float  # when the frame before arrived
+    ms: float = 0.0
+
+    def frame(self) -> None:
+        now = time.monotonic()
+        if (now - self.last) * 1000 > Replies.GAP_MS:
+            self.ms += (now - self.last - FRAME_S) * 1000
+        self.last = now
 
 
 async def hang_up(ws, result: RoundResult) -> None:
@@ -336,9 +336,11 @@ async def one_round(url: str, audio: CallerAudio) -> RoundResult:
                 t_final = time.monotonic()
                 await ws.send(json.dumps({"command": "tts", "text": REPLY.format(n=next(_replies)), "playId": "r1"}))
                 t_audio = await first_audio(ws, time.monotonic() + TTS_TIMEOUT_S + Timeouts.slack_s, result)
-                if Replies.whole:
-                    result.reply_gap_ms = await hear_reply(ws, t_audio, time.monotonic() + TTS_TIMEOUT_S
-                                                           + Timeouts.slack_s, result)
+                if Replies.whole:  # hear it to its end
+                    gaps = ReplyGaps(last=t_audio)
+                    await wait_event(ws, "trackEnd", time.monotonic() + TTS_TIMEOUT_S + Timeouts.slack_s, result,
+                                     on_audio=gaps.frame)
+                    result.reply_gap_ms = gaps.ms
                 t_eos = eos.result()
                 result.asr_ms = (t_final - t_eos) * 1000
                 result.tts_ms = (t_audio - t_eos) * 1000
