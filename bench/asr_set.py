@@ -9,6 +9,7 @@ bucket edge (just under and just over 5 s and 10 s).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -79,6 +80,18 @@ def labelled_set(sentences: list[str] | None = None, voices: tuple[str, ...] = V
                 pcm = _with_noise(clean, seed=i) if noisy else clean
                 out.append(Utterance(text, voice, noisy, pcm))
     return out
+
+
+def save_set(utts: list[Utterance], path: str) -> None:
+    """The set as one .npz, for a machine without the voices (a GPU box): `load_set` reads it."""
+    np.savez_compressed(path, **{f"u{i}": u.pcm for i, u in enumerate(utts)},
+                        meta=np.array(json.dumps([[u.text, u.voice, u.noisy] for u in utts])))
+
+
+def load_set(path: str) -> list[Utterance]:
+    d = np.load(path)
+    return [Utterance(text, voice, noisy, d[f"u{i}"])
+            for i, (text, voice, noisy) in enumerate(json.loads(str(d["meta"])))]
 
 
 _NUMBERS = {"1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six", "7": "seven",

@@ -8,7 +8,7 @@ under load). Compute per utterance is wall time (CTranslate2 keeps both cores bu
 utterances per core is utterances over CPU seconds; WER is over all reference words.
 Each mode is timed on the same utterances, one after the other in this process.
 
-Run alone: .venv/bin/python bench/asr_windows.py [--quick]
+Run alone: .venv/bin/python bench/asr_windows.py [--quick] [--set FILE.npz]
 """
 
 from __future__ import annotations
@@ -61,18 +61,18 @@ async def _measure(mode: str, bucket_s: float, batch: int, utts, log) -> WindowR
                      wer([u.text for u in utts], texts), whisper.redone)
 
 
-async def _run(quick: bool, log) -> list[WindowRun]:
-    from bench.asr_set import SENTENCES, labelled_set
+async def _run(quick: bool, log, set_path: str | None = None) -> list[WindowRun]:
+    from bench.asr_set import SENTENCES, labelled_set, load_set
 
-    utts = labelled_set(SENTENCES[::4] if quick else None)
+    utts = load_set(set_path) if set_path else labelled_set(SENTENCES[::4] if quick else None)
     return [await _measure("full 30 s window", 30.0, 1, utts, log),
             await _measure("full, batched", 30.0, 8, utts, log),
             await _measure("bucketed", 5.0, 1, utts, log),
             await _measure("bucketed, batched", 5.0, 8, utts, log)]
 
 
-def run(quick: bool = False, log=print) -> list[WindowRun]:
-    return asyncio.run(_run(quick, log))
+def run(quick: bool = False, log=print, set_path: str | None = None) -> list[WindowRun]:
+    return asyncio.run(_run(quick, log, set_path))
 
 
 def table(runs: list[WindowRun]) -> str:
@@ -95,9 +95,11 @@ def table(runs: list[WindowRun]) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="4 of the 16 sentences")
+    p.add_argument("--set", dest="set_path", help="the labelled set saved by bench/asr_burst.py --save-set "
+                   "(for a machine without the voices; default: make it)")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    print(table(run(args.quick, log=lambda *a: print(*a, file=sys.stderr, flush=True))))
+    sys.path.append(str(Path(__file__).resolve().parent.parent))  # after an installed voxray wheel, if any
+    print(table(run(args.quick, log=lambda *a: print(*a, file=sys.stderr, flush=True), set_path=args.set_path)))
 
 
 if __name__ == "__main__":

@@ -139,6 +139,13 @@ class AsrScheduler:
             if item in self._queue:  # cancelled while waiting: never decode it
                 self._queue.remove(item)
 
+    async def aclose(self) -> None:
+        """Stop the queue's worker (model calls already running finish on their own)."""
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+
     def take(self, finals_only: bool = False) -> list[_Queued]:
         """The next batch: drop what is stale or cancelled, then finals, then partials, oldest first
         (finals_only: a model call is running, so partials stay queued)."""

@@ -191,6 +191,19 @@ async def test_a_cancelled_request_is_never_decoded():
     assert rec.batches == [["x:f"]]
 
 
+async def test_a_closed_queue_leaves_no_task_behind_and_starts_again_when_used():
+    rec = Recorder()
+    sched = AsrScheduler(rec.run, gather_s=0.0)
+    pcm = np.zeros(1600, np.int16).tobytes()
+    await sched.submit(AsrRequest(call_id="x", pcm=pcm))
+    worker = sched._worker
+    await sched.aclose()
+    assert worker.done() and sched._worker is None
+    await asyncio.wait_for(sched.submit(AsrRequest(call_id="y", pcm=pcm)), 5)
+    assert rec.batches == [["x:f"], ["y:f"]]
+    await sched.aclose()
+
+
 async def test_a_partial_that_waited_too_long_is_skipped():
     rec = Recorder()
     sched = AsrScheduler(rec.run, gather_s=0.0, partial_max_wait_s=0.03)
