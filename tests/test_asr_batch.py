@@ -12,7 +12,7 @@ from voxray.deployments.asr_batch import AsrScheduler, batch_provider, transcrib
 from voxray.media.messages import AsrRequest, AsrResult
 from voxray.providers.base import AsrProvider, CallCredentials, Transcript
 from voxray.providers.fallback import AsrChain
-from voxray.providers.whisper_local import WhisperLocal, looks_repeated, window_frames
+from voxray.providers.whisper_local import WhisperLocal, batch_windows, looks_repeated, window_frames
 
 SENTENCES = [
     "Hello, I need help with my account.",
@@ -102,6 +102,13 @@ async def test_concurrent_utterances_on_serve_go_side_by_side_on_the_cpu_workers
 
 
 # -- bucketed encoder windows ------------------------------------------------------
+
+
+def test_a_cpu_batch_splits_by_window_and_a_gpu_batch_is_one_call_at_its_longest():
+    windows = [1000, 1500, 1000, 2000]
+    assert batch_windows(windows, one_call=False) == {1000: [0, 2], 1500: [1], 2000: [3]}
+    assert batch_windows(windows, one_call=True) == {2000: [0, 1, 2, 3]}
+    assert batch_windows([], one_call=True) == {}
 
 
 def test_windows_are_buckets_with_a_floor_and_headroom():
