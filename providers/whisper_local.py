@@ -188,11 +188,11 @@ class WhisperLocal(AsrProvider):
 
     async def transcribe_batch(self, pcm16k: list[np.ndarray],
                                languages: list[str | None] | None = None) -> list[Transcript]:
-        """Many utterances: one encoder pass and one batched decode per window size.
+        """Many utterances: one encoder pass and one batched decode per window size on the
+        CPU, per batch on CUDA (`batch_windows`).
 
-        Utterances whose windows round to the same bucket share a model call (rows of
-        one matrix). `compute_s` of each result is the whole batch's time (what the
-        caller waited for the model).
+        Utterances that share a model call are rows of one matrix. `compute_s` of each
+        result is the whole batch's time (what the caller waited for the model).
         """
         if self._model is None:
             raise ProviderError("whisper model not loaded")
