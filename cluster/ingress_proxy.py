@@ -116,11 +116,49 @@ def ingress_env(proxy: IngressProxy, *, embedded: bool, environ: dict[str, str] 
         env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = str(MIN_DRAINING_S)
         # The user starting Ray here is the one its processes run as (on every node of a
         # cluster started the same way).
-        base = Path(tempfile.gettempdir()) / f"voxray-haproxy-{os.getuid()}"
+        base = haproxy_base()
         env.update({name: str(base / leaf) if leaf else str(base) for name, leaf in _HAPROXY_FILES.items()})
         if embedded:
             env.update(embedded_ports())
     return {k: environ.get(k, v) for k, v in env.items()}
+
+
+def haproxy_base() -> Path:
+    """This user's folder for HAProxy's config, sockets and state (one subfolder per node)."""
+    return Path(tempfile.gettempdir()) / f"voxray-haproxy-{os.getuid()}"
+
+
+def reap_orphan_haproxies(base: Path | None = None) -> list[int]:
+    """Stop HAProxy processes left behind by an embedded Ray that went down without its
+    HAProxy manager (a SIGTERM to the whole process group, as `timeout` or a service
+    manager sends, reaches the GCS before voxray's own shutdown can): one still listening
+    on serve.port would refuse the next start ("Address already in use"). Only this user's
+    HAProxies with their config under `base` whose parent is not a Ray process are
+    stopped; a live voxray's are children of its `ray::HAProxyManager`. Returns their pids."""
+    import psutil
+
+    base = str(base or haproxy_base())
+    stopped: list[psutil.Process] = []
+    for proc in psutil.process_iter(["cmdline", "uids"]):
+        try:
+            cmd = proc.info["cmdline"] or []
+            if (not cmd or os.path.basename(cmd[0]) != "haproxy" or proc.info["uids"].real != os.getuid()
+                    or not any(arg.startswith(base + os.sep) for arg in cmd)):
+                continue
+            parent = proc.parent()
+            if parent is not None and (parent.cmdline() or [""])[0].startswith("ray::"):
+                continue
+            proc.terminate()
+            stopped.append(proc)
+        except psutil.Error:
+            continue
+    _, alive = psutil.wait_procs(stopped, timeout=3)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    return [proc.pid for proc in stopped]
 
 
 def chosen(environ: dict[str, str]) -> IngressProxy:

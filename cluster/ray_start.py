@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from voxray.cluster.ingress_proxy import IngressProxy, chosen, ingress_env
+from voxray.cluster.ingress_proxy import IngressProxy, chosen, ingress_env, reap_orphan_haproxies
 from voxray.cluster.serve_tuning import serve_tuning_env
 from voxray.env import forwarded_vars
 
@@ -69,6 +69,10 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
         info = ray.init(address=address, namespace="voxray", runtime_env=env, log_to_driver=False)
     else:
         log("starting an embedded single-node Ray")
+        if chosen(_serve_vars) == "haproxy":
+            orphans = reap_orphan_haproxies()
+            if orphans:
+                log(f"stopped {len(orphans)} HAProxy process(es) an earlier embedded Ray left behind: {orphans}")
         global _embedded
         _embedded = True
         # "local": a new instance of our own. Without it ray.init() joins any Ray it finds

