@@ -33,9 +33,6 @@ import numpy as np
 
 MAX_TURN_S = 6.0
 SPREAD_S = 0.3
-# As deployments/asr.py picks them (it imports Ray, which a model-only box may lack).
-CUDA_MAX_BATCH = 8
-WORKERS = 2
 
 
 @dataclass
@@ -57,15 +54,16 @@ def load_turns(path: str | None) -> list[np.ndarray]:
     return [u.pcm for u in utts if u.seconds <= MAX_TURN_S]
 
 
-async def run_level(whisper, turns: list[np.ndarray], calls: int, rounds: int, rng: random.Random) -> Level:
-    from voxray.deployments.asr_batch import AsrScheduler, transcribe_batch
+async def run_level(whisper, settings, turns: list[np.ndarray], calls: int, rounds: int,
+                    rng: random.Random) -> Level:
+    from voxray.deployments.asr_batch import GATHER_S, AsrScheduler, max_batch, transcribe_batch
     from voxray.media.messages import AsrRequest
     from voxray.providers.fallback import AsrChain
 
     chain = AsrChain([whisper], {whisper.name: None})
-    scheduler = AsrScheduler(lambda reqs: transcribe_batch(chain, reqs),
-                             max_batch=CUDA_MAX_BATCH if whisper.device == "cuda" else 1,
-                             gather_s=0.002, concurrency=WORKERS)
+    # As the ASR deployment sets its queue up (deployments/asr.py, which imports Ray).
+    scheduler = AsrScheduler(lambda reqs: transcribe_batch(chain, reqs), max_batch(chain, settings), GATHER_S,
+                             concurrency=settings.whisper_workers)
     await scheduler.submit(AsrRequest(call_id="warm-up", pcm=turns[0].astype("<i2").tobytes()))
     latencies: list[float] = []
 
@@ -87,14 +85,17 @@ async def run_level(whisper, turns: list[np.ndarray], calls: int, rounds: int, r
 
 
 async def run(calls: list[int], rounds: int, device: str, set_path: str | None, seed: int) -> tuple[dict, list[Level]]:
+    from voxray.config import ModelsConfig
     from voxray.providers.whisper_local import WhisperLocal
 
+    settings = ModelsConfig()  # the defaults a replica runs with
     turns = load_turns(set_path)
-    whisper = WhisperLocal(cpu_threads=1, workers=WORKERS, device=device)
+    whisper = WhisperLocal(cpu_threads=settings.whisper_threads, workers=settings.whisper_workers, device=device)
     whisper.load()
     rng = random.Random(seed)
-    levels = [await run_level(whisper, turns, n, max(1, rounds * 8 // max(n, 8)) if n > 1 else rounds * 2, rng)
-              for n in calls]
+    # `rounds` at 8 calls; as many turns above (at least one round), twice as many rounds at 1.
+    levels = [await run_level(whisper, settings, turns, n, max(1, rounds * 8 // max(n, 8)) if n > 1 else rounds * 2,
+                              rng) for n in calls]
     return whisper.describe(), levels
 
 

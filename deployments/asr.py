@@ -16,7 +16,8 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 
 from voxray import metrics
-from voxray.deployments.asr_batch import AsrScheduler, batch_provider, transcribe_batch, transcribe_single
+from voxray.deployments.asr_batch import (GATHER_S, MAX_BATCH, AsrScheduler, batch_provider, max_batch,
+                                          transcribe_batch, transcribe_single)
 from voxray.deployments.routing import FillFirstRouter
 from voxray.media.messages import AsrRequest, AsrResult
 from voxray.faults import enable_fault_dumps
@@ -25,14 +26,9 @@ from voxray.logs import bind_call, get_logger
 from voxray.config import ModelsConfig
 from voxray.providers.catalog import ProvidersConfig, build_asr
 from voxray.providers.fallback import AsrChain
-from voxray.providers.whisper_local import WhisperLocal
 
 log = get_logger("voxray.asr")
 
-# 8 x 30 s windows is ~1 GB of encoder activations at most for tiny; the gather
-# wait is short because, under load, requests pile up during the previous batch.
-MAX_BATCH = 8
-GATHER_S = 0.002
 FIFO_GATHER_S = 0.02  # what the first-come-first-served queue (Serve's own batching before) waited
 
 
@@ -58,14 +54,6 @@ def make_asr_chain(providers: ProvidersConfig, models: ModelsConfig | None = Non
         p.load()
         built.append(p)
     return AsrChain(built, {s.name: s.timeout_s for s in providers.asr}, providers.retries)
-
-
-def max_batch(chain: AsrChain, settings: ModelsConfig) -> int:
-    """Utterances per model call: the setting, else by where the first local Whisper runs."""
-    if settings.whisper_max_batch is not None:
-        return settings.whisper_max_batch
-    local = [p for p in chain.providers.values() if isinstance(p, WhisperLocal)]
-    return MAX_BATCH if local and local[0].device == "cuda" else 1
 
 
 def loaded_devices(chain) -> dict[str, dict]:

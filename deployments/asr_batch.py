@@ -16,12 +16,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from voxray.config import ModelsConfig
 from voxray.media.messages import AsrRequest, AsrResult
 from voxray.logs import get_logger
 from voxray.providers.fallback import FAILURES, AsrChain
 from voxray.providers.whisper_local import WhisperLocal
 
 log = get_logger("voxray.asr")
+
+# 8 x 30 s windows is ~1 GB of encoder activations at most for tiny; the gather
+# wait is short because, under load, requests pile up during the previous batch.
+MAX_BATCH = 8
+GATHER_S = 0.002
+
+
+def max_batch(chain: AsrChain, settings: ModelsConfig) -> int:
+    """Utterances per model call: the setting, else by where the first local Whisper runs."""
+    if settings.whisper_max_batch is not None:
+        return settings.whisper_max_batch
+    local = [p for p in chain.providers.values() if isinstance(p, WhisperLocal)]
+    return MAX_BATCH if local and local[0].device == "cuda" else 1
 
 
 def batch_provider(chain: AsrChain, req: AsrRequest) -> WhisperLocal | None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.test_models import wer
-from voxray.deployments.asr_batch import AsrScheduler, batch_provider, transcribe_batch
+from voxray.deployments.asr_batch import MAX_BATCH, AsrScheduler, batch_provider, max_batch, transcribe_batch
 from voxray.media.messages import AsrRequest, AsrResult
 from voxray.providers.base import AsrProvider, CallCredentials, Transcript
 from voxray.providers.fallback import AsrChain
@@ -278,7 +278,6 @@ def test_the_cpu_decodes_one_utterance_per_model_call_and_a_gpu_batches():
     from types import SimpleNamespace
 
     from voxray.config import ModelsConfig
-    from voxray.deployments.asr import MAX_BATCH, max_batch
 
     def chain(device: str):
         w = WhisperLocal()
