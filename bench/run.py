@@ -10,7 +10,8 @@ Old and new behaviour side by side: the end-to-end levels and the media-plane CP
 behaved before "fast turns" (`OLD`: full 30 s Whisper windows, a first-come-first-served
 ASR queue, a fixed end-of-speech silence wait and no speculative transcript, the whole
 reply text synthesized at once, VAD through the VAD deployment in 64 ms chunks with one
-socket read per frame), then redeployed with today's defaults.
+socket read per frame, permessage-deflate accepted on the agent's socket), then redeployed with
+today's defaults.
 
 End-to-end latency and CPU for voxray's `/call` WebSocket:
 
@@ -103,7 +104,8 @@ OLD = {
     "models": {"whisper_bucket_s": 30.0, "whisper_queue": "fifo", "tts_slots": 0, "tts_later_idle": False,
                "whisper_workers": 1, "whisper_threads": 2, "piper_threads": 0, "whisper_max_batch": 8,
                "partial_max_load": 1.0},
-    "media": {"speculative_asr": False, "tts_first_clause": False, "tts_phrase_max_chars": 0, **OLD_MEDIA_PLANE},
+    "media": {"speculative_asr": False, "tts_first_clause": False, "tts_phrase_max_chars": 0, "ws_compression": True,
+              **OLD_MEDIA_PLANE},
 }
 BEHAVIOURS = ("old", "new")
 

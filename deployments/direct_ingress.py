@@ -13,8 +13,16 @@ uvicorn's server waits while connections remain open, and Ray bounds that wait b
 replica's graceful_shutdown_timeout_s before it stops the actor. A WebSocket still in its
 handshake gets uvicorn's 500 as before, so its client retries.
 
+`set_compression(False)` (the default, `media.ws_compression`) makes the replica's server
+decline permessage-deflate. An agent's socket carries 50 audio frames a second each way,
+which deflate hardly shrinks on a LAN and which cost the server 20 us to inflate and
+40 us to deflate each (websockets' own extension, bench in the README), and the agent as
+much again; JSON events are a few hundred bytes. RFC 7692 lets a server decline, and
+clients then send plain frames. Serve's own proxy actor (`serve.proxy = "ray"`) runs its
+own server and negotiates as uvicorn does.
+
 It patches uvicorn's WebSocket protocol classes in this process only (an Ingress replica's
-worker runs nothing else); the patch is idempotent.
+worker runs nothing else); the patches are idempotent.
 """
 
 from __future__ import annotations
@@ -56,16 +64,46 @@ def _patch(cls: type) -> bool:
     return True
 
 
-def keep_calls_through_shutdown() -> list[str]:
-    """Patch every uvicorn WebSocket protocol that imports here; returns the ones patched now."""
-    patched = []
+_compression: dict[str, bool] = {}  # {"enabled": ...} once set_compression has run
+
+
+def _patch_compression(cls: type) -> bool:
+    original = cls.__init__
+    if getattr(original, "_voxray_compression", False):
+        return False
+
+    def __init__(self, config, *args, **kwargs) -> None:
+        if "enabled" in _compression:
+            # uvicorn reads this when a connection opens, to offer its deflate extension or not.
+            config.ws_per_message_deflate = _compression["enabled"]
+        original(self, config, *args, **kwargs)
+
+    __init__._voxray_compression = True  # type: ignore[attr-defined]
+    cls.__init__ = __init__
+    return True
+
+
+def _protocol_classes() -> list[type]:
+    out = []
     for module_name, class_name in _PROTOCOLS:
         try:
-            cls = getattr(importlib.import_module(module_name), class_name)
+            out.append(getattr(importlib.import_module(module_name), class_name))
         except (ImportError, AttributeError):
             continue  # that protocol's library is not installed
-        if _patch(cls):
-            patched.append(class_name)
+    return out
+
+
+def set_compression(enabled: bool) -> None:
+    """Whether this process's uvicorn servers accept permessage-deflate on new WebSockets."""
+    _compression["enabled"] = enabled
+    for cls in _protocol_classes():
+        _patch_compression(cls)
+    log.info("direct ingress: websocket compression", extra={"permessage_deflate": enabled})
+
+
+def keep_calls_through_shutdown() -> list[str]:
+    """Patch every uvicorn WebSocket protocol that imports here; returns the ones patched now."""
+    patched = [cls.__name__ for cls in _protocol_classes() if _patch(cls)]
     if patched:
         log.info("direct ingress: open calls outlive the replica's server shutdown", extra={"protocols": patched})
     return patched

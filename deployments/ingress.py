@@ -28,7 +28,7 @@ from voxray.deployments.agent_channel import DEFAULT_PING_S, AgentChannel, iso, 
 from voxray.deployments.call_dump import CallDump
 from voxray.deployments.call_media import LocalMedia
 from voxray.deployments.console import router as console_router
-from voxray.deployments.direct_ingress import keep_calls_through_shutdown
+from voxray.deployments.direct_ingress import keep_calls_through_shutdown, set_compression
 from voxray.providers.silero_vad import InProcessVad
 from voxray.deployments.remote_media import RemoteMedia
 from voxray.deployments.ws_receive import pace_serve_receive
@@ -75,6 +75,7 @@ class Ingress:
         enable_fault_dumps()
         if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1":
             keep_calls_through_shutdown()  # this replica serves its WebSockets itself (serve.proxy = "haproxy")
+            set_compression(bool((media or {}).get("ws_compression", False)))
         self.ua_nodes = ua_nodes
         self.agent = None  # the in-cluster LLM agent's handle, when deployed ([agent] enabled)
         if agent is not None:

@@ -17,7 +17,8 @@ import uvicorn
 import websockets
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from voxray.deployments.direct_ingress import _patch
+from voxray.deployments import direct_ingress
+from voxray.deployments.direct_ingress import _patch, _patch_compression
 
 
 async def echo_app(scope, receive, send) -> None:
@@ -94,3 +95,32 @@ def test_keep_calls_through_shutdown_patches_the_protocol_uvicorn_picks():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     first, second, picked, marked = json.loads(out.stdout.strip().splitlines()[-1])
     assert picked in first and second == [] and marked is True, out.stdout
+
+
+async def extensions_agreed(protocol: type) -> str | None:
+    """What a client offering permessage-deflate (websockets' default) and the server agreed on."""
+    server, task, port = await serve(protocol)
+    try:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/call") as ws:
+            await ws.send("x" * 2000)
+            assert await ws.recv() == "x" * 2000
+            return ws.response.headers.get("Sec-WebSocket-Extensions")
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 5)
+
+
+async def test_compression_is_declined_when_set_off_and_offered_when_set_on(monkeypatch):
+    class Plain(WebSocketsSansIOProtocol):
+        pass
+
+    assert "permessage-deflate" in (await extensions_agreed(Plain) or "")  # uvicorn alone agrees to it
+
+    class Patched(WebSocketsSansIOProtocol):
+        pass
+
+    assert _patch_compression(Patched) and not _patch_compression(Patched)  # idempotent
+    monkeypatch.setattr(direct_ingress, "_compression", {"enabled": False})
+    assert await extensions_agreed(Patched) is None  # declined: the call goes on in plain frames
+    monkeypatch.setattr(direct_ingress, "_compression", {"enabled": True})
+    assert "permessage-deflate" in (await extensions_agreed(Patched) or "")

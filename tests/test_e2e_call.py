@@ -31,6 +31,8 @@ async def _invite(server: str, codec: str = "pcm", call_id: str | None = None, *
 async def test_spoken_sentence_becomes_asr_final_and_tts_audio_comes_back(voxray_server, speech16k, codec):
     client = await _invite(voxray_server, codec)
     try:
+        # The client offered permessage-deflate (websockets' default); the ingress declines it.
+        assert client.ws.response.headers.get("Sec-WebSocket-Extensions") is None
         c = make_codec(codec)
         pcm = resample(np.concatenate([np.zeros(4000, np.int16), speech16k]), 16000, c.sample_rate)
         frame = c.frame_bytes(20)

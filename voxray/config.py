@@ -94,6 +94,9 @@ class MediaSettings(BaseModel):
                                         "proxy once per VAD chunk; a frame or command waits there at most "
                                         "this long (0: one read per message). Below a chunk and a frame "
                                         "(vad_chunk_windows x 32 + 20 ms) reads come more often than once per chunk")
+    ws_compression: bool = Field(False, description="accept permessage-deflate on WebSockets to the ingress "
+                                 "(serve.proxy = \"haproxy\"; Serve's proxy actor negotiates it as uvicorn does): "
+                                 "off, audio frames cost neither end zlib's time, and clients send plain frames")
     end_silence_ms: int = Field(480, ge=96, le=5000)
     eou_complete_ms: int = Field(200, ge=0, le=5000)
     eou_incomplete_ms: int = Field(1200, ge=96, le=10_000)

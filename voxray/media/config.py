@@ -18,6 +18,7 @@ class MediaConfig:
     vad_quiet_margin_db: float = 6.0  # between turns, chunks this close to the line's quiet skip Silero (0: never)
     vad_batch_window_ms: int = 20  # the most a chunk waits for other calls' chunks (0: none)
     ws_receive_max_wait_ms: int = 110  # /call: the most a message waits in Serve's proxy (0: one read per message)
+    ws_compression: bool = False  # /call and the API: accept permessage-deflate (direct ingress)
     end_silence_ms: int = 480  # silence that ends a turn when its transcript says nothing either way
     eou_complete_ms: int = 200  # ... when it reads as a finished sentence
     eou_incomplete_ms: int = 1200  # ... when it stops mid-thought
