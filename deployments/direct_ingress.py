@@ -14,10 +14,11 @@ replica's graceful_shutdown_timeout_s before it stops the actor. A WebSocket sti
 handshake gets uvicorn's 500 as before, so its client retries.
 
 `set_compression(False)` (the default, `media.ws_compression`) makes the replica's server
-decline permessage-deflate. An agent's socket carries 50 audio frames a second each way,
-which deflate hardly shrinks on a LAN and which cost the server 20 us to inflate and
-40 us to deflate each (websockets' own extension, bench in the README), and the agent as
-much again; JSON events are a few hundred bytes. RFC 7692 lets a server decline, and
+decline permessage-deflate. An agent's socket carries 50 audio frames a second each way:
+deflate shrinks a PCM frame by a third, bandwidth a LAN does not miss, and with it a frame
+cost the server ~17 us to take in and ~36 us to send instead of ~7 and ~3 (websockets'
+own extension; bench/ws_compression.py), and the agent as much again. JSON events are a
+few hundred bytes. RFC 7692 lets a server decline, and
 clients then send plain frames. Serve's own proxy actor (`serve.proxy = "ray"`) runs its
 own server and negotiates as uvicorn does.
 
