@@ -41,6 +41,18 @@ def connected(deflate: bool) -> tuple[ServerProtocol, ClientProtocol]:
     return server, client
 
 
+def hop(sender, receiver, frame: bytes) -> tuple[float, float, int]:
+    """One frame from one protocol to the other: CPU seconds to send it and to take it in, and its wire bytes."""
+    t0 = time.process_time()
+    sender.send_binary(frame)
+    wire = sender.data_to_send()
+    t1 = time.process_time()
+    for data in wire:
+        receiver.receive_data(data)
+    receiver.events_received()
+    return t1 - t0, time.process_time() - t1, sum(len(d) for d in wire)
+
+
 def timed(frames: list[bytes], deflate: bool) -> dict[str, float]:
     """Microseconds of CPU per frame: server receiving, server sending, client sending, client receiving."""
     server, client = connected(deflate)
@@ -48,26 +60,13 @@ def timed(frames: list[bytes], deflate: bool) -> dict[str, float]:
     wire = 0
     for _ in range(ROUNDS):
         for frame in frames:
-            t = time.process_time()
-            client.send_binary(frame)
-            up = client.data_to_send()
-            t1 = time.process_time()
-            for data in up:
-                server.receive_data(data)
-            server.events_received()
-            t2 = time.process_time()
-            server.send_binary(frame)
-            down = server.data_to_send()
-            t3 = time.process_time()
-            for data in down:
-                client.receive_data(data)
-            client.events_received()
-            t4 = time.process_time()
-            cpu["client out"] += t1 - t
-            cpu["server in"] += t2 - t1
-            cpu["server out"] += t3 - t2
-            cpu["client in"] += t4 - t3
-            wire += sum(len(d) for d in down)
+            client_out, server_in, _ = hop(client, server, frame)
+            server_out, client_in, down = hop(server, client, frame)
+            cpu["client out"] += client_out
+            cpu["server in"] += server_in
+            cpu["server out"] += server_out
+            cpu["client in"] += client_in
+            wire += down
     n = ROUNDS * len(frames)
     out = {k: v / n * 1e6 for k, v in cpu.items()}
     out["wire bytes"] = wire / n

@@ -75,7 +75,6 @@ class Ingress:
         enable_fault_dumps()
         if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1":
             keep_calls_through_shutdown()  # this replica serves its WebSockets itself (serve.proxy = "haproxy")
-            set_compression(bool((media or {}).get("ws_compression", False)))
         self.ua_nodes = ua_nodes
         self.agent = None  # the in-cluster LLM agent's handle, when deployed ([agent] enabled)
         if agent is not None:
@@ -94,6 +93,8 @@ class Ingress:
         self.dump_dir = sec.dump_dir
         self.media_config_dict = media or {}
         self.media_config = MediaConfig(**self.media_config_dict)
+        if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1":
+            set_compression(self.media_config.ws_compression)  # its default lives in MediaConfig alone
         preload_echo()  # calls may turn echo cancellation on: not a 0.3 s import inside the first one
         local_vad = InProcessVad(self.media_config.vad_model) if self.media_config.vad_in_process else None
         self.services = ServeModelServices(vad, asr, tts, on_asr_time=self.admission.observe_asr,
